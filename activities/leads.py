@@ -1,0 +1,262 @@
+"""Lead activities: enrichment, scoring, enrollment planning and CRM sync."""
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+from sqlmodel import Session, col, func, select
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from nurture.campaigns import CampaignSpec
+from nurture.config import Settings
+from nurture.contracts import (
+    CrmSyncInput,
+    EndEnrollmentInput,
+    EnrichLeadInput,
+    EnrollmentPlan,
+    EnrollmentPlans,
+    PlanEnrollmentsInput,
+    ScoreLeadInput,
+    ScoreSnapshot,
+)
+from nurture.db import session_scope
+from nurture.enrichment import enrich
+from nurture.leads import LeadPublic
+from nurture.models import (
+    Campaign,
+    CampaignVersion,
+    EngagementEvent,
+    Enrollment,
+    Lead,
+    utcnow,
+)
+from nurture.scoring import (
+    Behavioral,
+    Engagement,
+    Firmographic,
+    ScoringInput,
+    next_stage,
+    score,
+)
+from nurture.temporal import nurture_workflow_id
+
+logger = logging.getLogger(__name__)
+
+# Engagement event types and the behavioral counters each one feeds.
+EVENT_COUNTERS: dict[str, tuple[str, ...]] = {
+    "page_view": ("website_visits",),
+    "pricing_page_view": ("website_visits", "pricing_page_views"),
+    "content_download": ("content_downloads",),
+    "webinar_registration": ("webinar_registrations",),
+    "webinar_attendance": ("webinar_registrations",),
+    "form_submission": ("form_submissions",),
+    "open": ("email_opens",),
+    "click": ("email_clicks",),
+    "sms_reply": ("sms_replies",),
+}
+# Events that show interest beyond filling in the first form.
+ENGAGED_EVENTS = frozenset(EVENT_COUNTERS) - {"form_submission"}
+ACTIVITY_WINDOW = timedelta(days=30)
+
+
+def load_lead(session: Session, lead_id: str) -> Lead:
+    lead = session.get(Lead, lead_id)
+    if lead is None:
+        raise ApplicationError(
+            f"lead {lead_id} not found", type="LeadNotFound", non_retryable=True
+        )
+    return lead
+
+
+def scoring_input(session: Session, lead: Lead) -> tuple[ScoringInput, dict[str, int]]:
+    """Build the scoring input of a stored lead, and its event counts by type."""
+    counts = dict(
+        session.exec(
+            select(EngagementEvent.type, func.count())
+            .where(EngagementEvent.lead_id == lead.id)
+            .group_by(EngagementEvent.type)
+        ).all()
+    )
+    behavioral: dict[str, int] = {}
+    for event_type, fields in EVENT_COUNTERS.items():
+        for field in fields:
+            behavioral[field] = behavioral.get(field, 0) + counts.get(event_type, 0)
+    last_activity = session.exec(
+        select(func.max(EngagementEvent.occurred_at)).where(
+            EngagementEvent.lead_id == lead.id
+        )
+    ).one()
+    recent = session.exec(
+        select(func.count())
+        .select_from(EngagementEvent)
+        .where(
+            EngagementEvent.lead_id == lead.id,
+            col(EngagementEvent.occurred_at) >= utcnow() - ACTIVITY_WINDOW,
+        )
+    ).one()
+    enrichment = lead.enrichment or {}
+    custom = lead.custom_fields or {}
+    return ScoringInput(
+        lead_id=lead.id,
+        firmographic=Firmographic(
+            industry=lead.company_industry,
+            size=lead.company_size,
+            revenue=lead.company_revenue,
+            budget=_text(custom.get("budget")),
+            timeline=_text(custom.get("timeline")),
+            free_mail=bool(enrichment.get("free_mail")),
+            role_address=bool(enrichment.get("role_address")),
+        ),
+        behavioral=Behavioral(**behavioral),
+        engagement=Engagement(last_activity=last_activity, total_activities=recent),
+    ), counts
+
+
+def _text(value: Any) -> str | None:
+    return str(value) if value not in (None, "") else None
+
+
+class LeadActivities:
+    def __init__(self, engine: sa.Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    @activity.defn
+    def enrich_lead(self, input: EnrichLeadInput) -> None:
+        """Store the offline enrichment facts of a lead."""
+        with session_scope(self.engine) as session:
+            lead = load_lead(session, input.lead_id)
+            lead.enrichment = enrich(lead.model_dump()).model_dump()
+            session.add(lead)
+
+    @activity.defn
+    def score_lead(self, input: ScoreLeadInput) -> ScoreSnapshot:
+        """Rescore a lead from its stored facts and events, and store the result."""
+        with session_scope(self.engine) as session:
+            lead = load_lead(session, input.lead_id)
+            data, counts = scoring_input(session, lead)
+            result = score(data, utcnow())
+            engaged = any(counts.get(kind, 0) for kind in ENGAGED_EVENTS)
+            lead.stage = next_stage(
+                lead.stage, result.score, engaged, self.settings.mql_threshold
+            )
+            lead.score = result.score
+            lead.score_reasons = [r.model_dump() for r in result.reasons]
+            lead.scored_at = result.scored_at
+            session.add(lead)
+            return ScoreSnapshot(
+                score=result.score,
+                stage=lead.stage,
+                dimensions={str(k): v for k, v in result.dimensions.items()},
+                reasons=result.reasons,
+                scored_at=result.scored_at,
+            )
+
+    @activity.defn
+    def plan_enrollments(self, input: PlanEnrollmentsInput) -> EnrollmentPlans:
+        """Claim an enrollment in each active campaign whose trigger the lead meets.
+
+        Returns the enrollments to start: the new ones, and live ones that the
+        caller has not started yet (after a retry of this activity). A lead
+        enters each campaign once.
+        """
+        plans: list[EnrollmentPlan] = []
+        with session_scope(self.engine) as session:
+            rows = session.exec(
+                select(Campaign, CampaignVersion)
+                .join(
+                    CampaignVersion,
+                    sa.and_(
+                        col(CampaignVersion.campaign_id) == col(Campaign.id),
+                        col(CampaignVersion.version) == col(Campaign.current_version),
+                    ),
+                )
+                .where(Campaign.status == "active")
+                .order_by(col(Campaign.created_at))
+            ).all()
+            for campaign, version in rows:
+                spec = CampaignSpec.model_validate(version.definition)
+                existing = session.exec(
+                    select(Enrollment).where(
+                        Enrollment.campaign_id == campaign.id,
+                        Enrollment.lead_id == input.lead_id,
+                    )
+                ).first()
+                if existing is not None:
+                    if (
+                        existing.status == "active"
+                        and existing.id not in input.already_started
+                    ):
+                        plans.append(self._plan(existing, spec))
+                    continue
+                if not spec.trigger.matches(input.score, input.event):
+                    continue
+                enrollment = Enrollment(
+                    campaign_id=campaign.id,
+                    campaign_version=version.version,
+                    lead_id=input.lead_id,
+                    workflow_id=nurture_workflow_id(campaign.id, input.lead_id),
+                )
+                session.add(enrollment)
+                session.flush()
+                plans.append(self._plan(enrollment, spec))
+        for plan in plans:
+            logger.info(
+                "lead %s enrolls in campaign %s v%s as %s",
+                plan.lead_id,
+                plan.campaign_id,
+                plan.campaign_version,
+                plan.workflow_id,
+            )
+        return EnrollmentPlans(plans=plans)
+
+    def _plan(self, enrollment: Enrollment, spec: CampaignSpec) -> EnrollmentPlan:
+        return EnrollmentPlan(
+            enrollment_id=enrollment.id,
+            workflow_id=enrollment.workflow_id,
+            lead_id=enrollment.lead_id,
+            campaign_id=enrollment.campaign_id,
+            campaign_version=enrollment.campaign_version,
+            campaign=spec,
+        )
+
+    @activity.defn
+    def end_enrollment(self, input: EndEnrollmentInput) -> None:
+        with session_scope(self.engine) as session:
+            enrollment = session.get(Enrollment, input.enrollment_id)
+            if enrollment is None or enrollment.status != "active":
+                return
+            enrollment.status = input.status
+            enrollment.ended_at = utcnow()
+            session.add(enrollment)
+
+    @activity.defn
+    def sync_lead_to_crm(self, input: CrmSyncInput) -> bool:
+        """POST the lead to the configured CRM URL; a no-op when none is set."""
+        url = self.settings.crm_webhook_url
+        if not url:
+            return False
+        with session_scope(self.engine) as session:
+            lead = load_lead(session, input.lead_id)
+            payload = {
+                "reason": input.reason,
+                "lead": LeadPublic.from_lead(lead).model_dump(mode="json"),
+            }
+        try:
+            response = httpx.post(url, json=payload, timeout=10)
+        except httpx.HTTPError as error:
+            raise ApplicationError(f"CRM unreachable at {url}: {error}") from None
+        if response.status_code >= 500 or response.status_code == 429:
+            raise ApplicationError(f"CRM answered {response.status_code}; retrying")
+        if response.status_code >= 400:
+            raise ApplicationError(
+                f"CRM rejected lead {input.lead_id}: {response.status_code} "
+                f"{response.text[:200]}",
+                type="CrmRejected",
+                non_retryable=True,
+            )
+        logger.info("lead %s synced to CRM (%s)", input.lead_id, input.reason)
+        return True

@@ -1,0 +1,83 @@
+"""The FastAPI application: `uvicorn api.app:create_app --factory`."""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import sqlalchemy as sa
+from fastapi import FastAPI
+from temporalio.client import Client
+
+from api.deps import TemporalGateway
+from api.errors import install_error_handlers
+from api.routes import campaigns, events, health, journey, leads, scoring, webhooks
+from api.workflow_calls import reconcile_forever
+from nurture.config import Settings, get_settings
+from nurture.db import create_db_engine, migrate
+from nurture.logs import configure_logging
+from nurture.rendering import TemplateRenderer
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None,
+    temporal_client: Client | None = None,
+    engine: sa.Engine | None = None,
+    run_migrations: bool = True,
+    reconcile: bool = True,
+) -> FastAPI:
+    """Build the API; tests pass their own settings, Temporal client and engine."""
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if run_migrations:
+            migrate(settings.database_url)
+        task = None
+        if reconcile:
+            task = asyncio.create_task(
+                reconcile_forever(app.state.temporal.client, settings, app.state.engine)
+            )
+        yield
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    if not settings.api_key:
+        logger.warning("NURTURE_API_KEY is empty: every /api/v1 request gets 401")
+    app = FastAPI(
+        title="nurture",
+        version="0.1.0",
+        summary="Capture, score and nurture leads on Temporal, and hand them to sales.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine or create_db_engine(settings.database_url)
+    app.state.temporal = TemporalGateway(settings, temporal_client)
+    app.state.renderer = TemplateRenderer(settings.templates_dir)
+    install_error_handlers(app)
+    for module in (health, leads, journey, scoring, campaigns, events, webhooks):
+        app.include_router(module.router)
+    return app
+
+
+def main() -> None:
+    """Run the API with uvicorn on API_HOST:API_PORT."""
+    import uvicorn
+
+    configure_logging()
+    settings = get_settings()
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_config=None,
+    )
+
+
+if __name__ == "__main__":
+    main()

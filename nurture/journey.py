@@ -1,0 +1,111 @@
+"""The sales rep's journey view of a lead, and the next action it recommends."""
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from nurture.schemas import CamelModel
+
+RECENT = timedelta(days=7)
+
+
+class StepView(CamelModel):
+    step: int
+    status: str
+    message_id: str | None = None
+    at: datetime
+    detail: str | None = None
+
+
+class EnrollmentView(CamelModel):
+    enrollment_id: str
+    workflow_id: str
+    campaign_id: str
+    campaign_name: str
+    version: int
+    status: str
+    current_step: int | None = None
+    next_step: int | None = None
+    next_step_due_at: datetime | None = None
+    steps: list[StepView] = []
+    live: bool = False
+
+
+class EngagementView(CamelModel):
+    type: str
+    source: str
+    at: datetime
+    message_id: str | None = None
+    detail: dict[str, Any] = {}
+
+
+class NextAction(CamelModel):
+    action: str
+    reason: str
+
+
+class JourneyView(CamelModel):
+    lead_id: str
+    stage: str
+    score: int
+    dimensions: dict[str, Any]
+    reasons: list[dict[str, Any]]
+    live: bool
+    enrollments: list[EnrollmentView]
+    recent_engagement: list[EngagementView]
+    next_action: NextAction
+
+
+def recommend(
+    *,
+    status: str,
+    stage: str,
+    score: int,
+    mql_threshold: int,
+    enrollments: list[EnrollmentView],
+    engagement: list[EngagementView],
+    now: datetime,
+) -> NextAction:
+    """Pick the one thing a sales rep should do next with this lead."""
+    if status != "active":
+        return NextAction(action="do_not_contact", reason=f"lead status is {status}")
+    if stage in ("mql", "sql") or score >= mql_threshold:
+        return NextAction(
+            action="call",
+            reason=f"score {score} is at or above the MQL threshold of {mql_threshold}",
+        )
+    recent = [event for event in engagement if now - event.at <= RECENT]
+    clicks = [event for event in recent if event.type == "click"]
+    if clicks:
+        url = clicks[0].detail.get("url")
+        target = f" on {url}" if url else ""
+        return NextAction(
+            action="follow_up",
+            reason=f"clicked{target} {_ago(now - clicks[0].at)} ago",
+        )
+    upcoming = [e for e in enrollments if e.status == "active" and e.next_step_due_at]
+    if upcoming:
+        first = min(upcoming, key=lambda e: e.next_step_due_at or now)
+        return NextAction(
+            action="wait_for_campaign",
+            reason=(
+                f"{first.campaign_name} sends step {first.next_step} at "
+                f"{first.next_step_due_at:%Y-%m-%d %H:%M} UTC"
+            ),
+        )
+    if any(event.type == "open" for event in recent):
+        return NextAction(
+            action="send_personal_email",
+            reason="opened our email in the last 7 days but has not clicked",
+        )
+    return NextAction(
+        action="enroll_in_campaign",
+        reason="no live campaign and no engagement in the last 7 days",
+    )
+
+
+def _ago(age: timedelta) -> str:
+    if age < timedelta(hours=1):
+        return f"{max(1, int(age.total_seconds() // 60))} minutes"
+    if age < timedelta(days=2):
+        return f"{int(age.total_seconds() // 3600)} hours"
+    return f"{age.days} days"

