@@ -5,6 +5,7 @@ is created on that server and dropped afterwards), else a SQLite file.
 """
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import sqlalchemy as sa
 from sqlmodel import SQLModel
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
 
 import nurture.models  # noqa: F401  (registers the tables)
@@ -178,18 +180,20 @@ def make_settings(
     return Settings(**values)
 
 
-@pytest.fixture
-async def stack(
-    temporal_env: WorkflowEnvironment,
+@contextlib.asynccontextmanager
+async def running_stack(
+    env: WorkflowEnvironment,
     database_url: str,
     engine: sa.Engine,
-    fake_sendgrid: FakeSendGrid,
-    fake_twilio: FakeTwilio,
+    sendgrid: FakeSendGrid,
+    twilio: FakeTwilio,
+    **overrides: Any,
 ) -> AsyncIterator[Stack]:
-    fake_sendgrid.reset()
-    fake_twilio.reset()
-    settings = make_settings(database_url, fake_sendgrid, fake_twilio)
-    client = temporal_env.client
+    """Run the API and both workers on fresh task queues until the block ends."""
+    sendgrid.reset()
+    twilio.reset()
+    settings = make_settings(database_url, sendgrid, twilio, **overrides)
+    client = env.client
     app = create_app(settings, client, engine, run_migrations=False, reconcile=False)
     with ThreadPoolExecutor(max_workers=10) as executor:
         main, send = build_workers(client, settings, engine, executor)
@@ -201,16 +205,37 @@ async def stack(
                 headers={"Authorization": f"Bearer {API_KEY}"},
                 timeout=30,
             ) as api:
-                yield Stack(
-                    api,
-                    temporal_env,
-                    client,
-                    settings,
-                    engine,
-                    fake_sendgrid,
-                    fake_twilio,
-                )
-            await _terminate_test_workflows(client, settings.task_queue)
+                try:
+                    yield Stack(api, env, client, settings, engine, sendgrid, twilio)
+                finally:
+                    await _terminate_test_workflows(client, settings.task_queue)
+
+
+StackFactory = Callable[..., contextlib.AbstractAsyncContextManager[Stack]]
+
+
+@pytest.fixture
+def stack_factory(
+    temporal_env: WorkflowEnvironment,
+    database_url: str,
+    engine: sa.Engine,
+    fake_sendgrid: FakeSendGrid,
+    fake_twilio: FakeTwilio,
+) -> StackFactory:
+    """Start a stack with settings overridden, e.g. stack_factory(mql_threshold=50)."""
+
+    def factory(**overrides: Any) -> contextlib.AbstractAsyncContextManager[Stack]:
+        return running_stack(
+            temporal_env, database_url, engine, fake_sendgrid, fake_twilio, **overrides
+        )
+
+    return factory
+
+
+@pytest.fixture
+async def stack(stack_factory: StackFactory) -> AsyncIterator[Stack]:
+    async with stack_factory() as running:
+        yield running
 
 
 async def _terminate_test_workflows(client: Client, task_queue: str) -> None:
@@ -220,5 +245,5 @@ async def _terminate_test_workflows(client: Client, task_queue: str) -> None:
     ):
         try:
             await client.get_workflow_handle(execution.id).terminate("test finished")
-        except Exception:  # already closed between the list and the call
+        except RPCError:  # closed between the list and the call
             pass

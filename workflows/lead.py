@@ -114,7 +114,7 @@ class LeadWorkflow:
         workflow.upsert_search_attributes(
             [LEAD_SCORE.value_set(snapshot.score), LEAD_STAGE.value_set(snapshot.stage)]
         )
-        if snapshot.stage != previous_stage and self._state.initialized:
+        if snapshot.stage != previous_stage:
             await self._sync_to_crm(snapshot, previous_stage)
         await self._enroll(snapshot, event)
 
