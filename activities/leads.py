@@ -250,7 +250,9 @@ class LeadActivities:
         except httpx.HTTPError as error:
             raise ApplicationError(f"CRM unreachable at {url}: {error}") from None
         if response.status_code >= 500 or response.status_code == 429:
-            raise ApplicationError(f"CRM answered {response.status_code}; retrying")
+            raise ApplicationError(
+                f"CRM returned HTTP {response.status_code}; will retry"
+            )
         if response.status_code >= 400:
             raise ApplicationError(
                 f"CRM rejected lead {input.lead_id}: {response.status_code} "

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def template_context(lead: Lead) -> dict[str, Any]:
-    """The `lead` variable of templates: the lead's public fields in camelCase."""
+    """Build the `lead` variable of templates: the lead's public fields in camelCase."""
     public = LeadPublic.from_lead(lead).model_dump(mode="json")
     contact = public.pop("contact")
     public.pop("duplicate", None)

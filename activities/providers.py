@@ -1,8 +1,8 @@
 """Email and SMS providers behind one small interface each.
 
-`sendgrid` and `twilio` call the providers through their official SDKs;
-`console` writes the message to a file under the outbox folder instead, so the
-product runs without provider accounts.
+`sendgrid` and `twilio` call the providers through their official SDKs.
+`console` writes each message to a file under the outbox folder instead, so
+the product runs without provider accounts.
 """
 
 import email.utils
@@ -45,9 +45,9 @@ class Outgoing:
 class ProviderError(Exception):
     """A provider rejected a message.
 
-    `permanent` errors will fail on every retry (an invalid address, an
-    opted-out number); the others (429, 5xx, network) may pass later, after
-    `retry_after_seconds` when the provider said so.
+    `permanent` errors fail on every retry (an invalid address, an opted-out
+    number). The others (429, 5xx, network) may pass later, after
+    `retry_after_seconds` when the provider sent a Retry-After header.
     """
 
     def __init__(
@@ -128,7 +128,7 @@ class SendGridEmailSender:
         except HTTPError as error:
             body = error.body.decode("utf-8", "replace") if error.body else ""
             raise ProviderError(
-                f"SendGrid answered {error.status_code}: {body[:300]}",
+                f"SendGrid returned HTTP {error.status_code}: {body[:300]}",
                 permanent=_is_permanent_status(error.status_code),
                 status=error.status_code,
                 retry_after_seconds=_retry_after(error.headers),
@@ -174,7 +174,7 @@ class TwilioSmsSender:
                 error.status
             )
             raise ProviderError(
-                f"Twilio answered {error.status} (code {error.code}): {error.msg}",
+                f"Twilio returned HTTP {error.status} (code {error.code}): {error.msg}",
                 permanent=permanent,
                 status=error.status,
                 code=error.code,

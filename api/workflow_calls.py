@@ -42,8 +42,8 @@ async def signal_lead(
 ) -> None:
     """Start the lead's workflow if it is not running, and send it the signal.
 
-    Without a signal this only starts the workflow; either way a lead has at
-    most one workflow, since its id is derived from the lead id.
+    Without a signal this only starts the workflow. A lead never has two
+    workflows, because the workflow id is derived from the lead id.
     """
     workflow_id = lead_workflow_id(lead_id)
     search_attributes = TypedSearchAttributes([SearchAttributePair(LEAD_ID, lead_id)])

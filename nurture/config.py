@@ -79,7 +79,7 @@ class Settings(BaseSettings):
 
     @property
     def send_task_queue(self) -> str:
-        """Task queue of the provider-calling activities, rate limited per worker."""
+        """Task queue of the provider calls, rate limited across all its workers."""
         return f"{self.task_queue}-send"
 
 

@@ -39,7 +39,7 @@ class ScoreSnapshot(BaseModel):
 
 
 class LeadState(BaseModel):
-    """What the lead workflow holds; carried across continue-as-new."""
+    """The lead workflow's state, carried across continue-as-new."""
 
     lead_id: str
     initialized: bool = False

@@ -63,7 +63,7 @@ def wait_for_port(
                 return
         except OSError:
             time.sleep(0.5)
-    raise StartupError(f"nothing answers on {address} after {timeout:.0f}s")
+    raise StartupError(f"nothing accepts connections on {address} after {timeout:.0f}s")
 
 
 def port_in_use(address: str) -> bool:

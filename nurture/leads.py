@@ -4,7 +4,6 @@ from datetime import datetime
 from typing import Any
 
 import phonenumbers
-import sqlalchemy as sa
 from email_validator import EmailNotValidError, validate_email
 from pydantic import Field, field_validator, model_validator
 from sqlmodel import Session, col, select
@@ -366,8 +365,3 @@ class LeadPublic(CamelModel):
             scored_at=lead.scored_at,
             duplicate=duplicate,
         )
-
-
-def lead_is_unique_violation(error: sa.exc.IntegrityError) -> bool:
-    """Tell whether an insert failed on the unique email index (a concurrent twin)."""
-    return "email_normalized" in str(error.orig)

@@ -11,7 +11,7 @@ from sqlmodel import JSON, Field, SQLModel
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """A timezone-aware UTC datetime on PostgreSQL and on SQLite alike.
 
-    SQLite has no time zone type and returns naive values; this type stores UTC
+    SQLite has no time zone type and returns naive values. This type stores UTC
     and marks what it reads as UTC, so comparisons never mix naive and aware.
     """
 
@@ -84,8 +84,8 @@ class Lead(SQLModel, table=True):
     scored_at: datetime | None = _optional_timestamp()
     stage: str = "new"
     status: str = Field(default="active", index=True)
-    # When Temporal last accepted a start or signal for the lead's workflow;
-    # None while one failed, so the API's reconciler sends it again.
+    # When Temporal last accepted a start or signal for the lead's workflow.
+    # None means the last one failed, and the API's reconciler sends it again.
     workflow_synced_at: datetime | None = _optional_timestamp()
 
 

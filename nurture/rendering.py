@@ -1,7 +1,7 @@
 """Jinja2 rendering of message templates.
 
-A template is a folder: `templates/email/<name>/` holds `subject.txt`,
-`body.txt` and an optional `body.html`; `templates/sms/<name>/` holds
+A template is a folder. `templates/email/<name>/` contains `subject.txt`,
+`body.txt` and an optional `body.html`, and `templates/sms/<name>/` contains
 `body.txt`. Undefined values raise, so a missing first name is an error or a
 declared fallback (`{{ lead.firstName | default("there") }}`), never a blank.
 """

@@ -87,7 +87,7 @@ async def test_rejected_address_fails_without_retry(stack: Stack) -> None:
     assert len(stack.sendgrid.requests) == 1
     (message,) = messages_of(stack, lead_id)
     assert message.status == "failed"
-    assert "SendGrid answered 400" in (message.error or "")
+    assert "SendGrid returned HTTP 400" in (message.error or "")
 
 
 async def test_delivery_twice_calls_provider_once(stack: Stack) -> None:

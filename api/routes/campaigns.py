@@ -3,6 +3,7 @@
 from datetime import datetime
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from sqlmodel import Session, col, select
 
@@ -100,7 +101,45 @@ def _get_or_404(session: Session, campaign_id: str) -> Campaign:
     return campaign
 
 
-@router.post("", status_code=201, response_model=CampaignPublic, responses=ERRORS)
+def _store_version(
+    session: Session, campaign: Campaign, spec: CampaignSpec, actor: str, action: str
+) -> CampaignVersion:
+    """Store the campaign with the next version of its definition, and audit it."""
+    version = CampaignVersion(
+        campaign_id=campaign.id,
+        version=campaign.current_version,
+        definition=spec.model_dump(mode="json"),
+    )
+    session.add(campaign)
+    session.add(version)
+    session.add(
+        AuditEntry(
+            actor=actor,
+            action=action,
+            entity_type="campaign",
+            entity_id=campaign.id,
+            detail={"version": version.version, "status": campaign.status},
+        )
+    )
+    try:
+        session.commit()
+    except sa.exc.IntegrityError:
+        session.rollback()
+        raise ApiError(
+            409,
+            "conflict",
+            f"campaign {campaign.id} was changed by another request; "
+            "read it again and retry",
+        ) from None
+    return version
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=CampaignPublic,
+    responses=error_responses(401, 409, 422),
+)
 def create_campaign(
     spec: CampaignSpec, request: Request, session: SessionDep, actor: ActorDep
 ) -> CampaignPublic:
@@ -112,26 +151,15 @@ def create_campaign(
         description=spec.description,
         status=spec.status,
     )
-    version = CampaignVersion(
-        campaign_id=campaign.id, version=1, definition=spec.model_dump(mode="json")
-    )
-    session.add(campaign)
-    session.flush()
-    session.add(version)
-    session.add(
-        AuditEntry(
-            actor=actor,
-            action="campaign.created",
-            entity_type="campaign",
-            entity_id=campaign.id,
-            detail={"version": 1, "status": campaign.status},
-        )
-    )
-    session.commit()
+    version = _store_version(session, campaign, spec, actor, "campaign.created")
     return _public(campaign, version)
 
 
-@router.put("/{campaign_id}", response_model=CampaignPublic, responses=ERRORS)
+@router.put(
+    "/{campaign_id}",
+    response_model=CampaignPublic,
+    responses=error_responses(401, 404, 409, 422),
+)
 def update_campaign(
     campaign_id: str,
     spec: CampaignSpec,
@@ -147,23 +175,7 @@ def update_campaign(
     campaign.description = spec.description
     campaign.status = spec.status
     campaign.updated_at = utcnow()
-    version = CampaignVersion(
-        campaign_id=campaign.id,
-        version=campaign.current_version,
-        definition=spec.model_dump(mode="json"),
-    )
-    session.add(campaign)
-    session.add(version)
-    session.add(
-        AuditEntry(
-            actor=actor,
-            action="campaign.updated",
-            entity_type="campaign",
-            entity_id=campaign.id,
-            detail={"version": version.version, "status": campaign.status},
-        )
-    )
-    session.commit()
+    version = _store_version(session, campaign, spec, actor, "campaign.updated")
     return _public(campaign, version)
 
 

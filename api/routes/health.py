@@ -21,7 +21,7 @@ async def _check_database(request: Request) -> str:
             run_in_threadpool(check_database, request.app.state.engine),
             CHECK_TIMEOUT_SECONDS,
         )
-    except Exception as error:  # any failure means "not healthy"; say which
+    except Exception as error:  # any failure means unhealthy: report its type
         logger.warning("health check: database failed: %s", error)
         return f"failed: {type(error).__name__}"
     return "ok"
@@ -35,7 +35,7 @@ async def _check_temporal(request: Request) -> str:
         await asyncio.wait_for(
             client.service_client.check_health(), CHECK_TIMEOUT_SECONDS
         )
-    except Exception as error:  # any failure means "not healthy"; say which
+    except Exception as error:  # any failure means unhealthy: report its type
         logger.warning("health check: Temporal failed: %s", error)
         return f"failed: {type(error).__name__}"
     return "ok"
@@ -43,7 +43,7 @@ async def _check_temporal(request: Request) -> str:
 
 @router.get("/healthz")
 async def healthz(request: Request) -> JSONResponse:
-    """200 when the database and Temporal both answer, 503 otherwise."""
+    """Return 200 when the database and Temporal both respond, 503 otherwise."""
     database, temporal = await asyncio.gather(
         _check_database(request), _check_temporal(request)
     )

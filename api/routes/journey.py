@@ -46,7 +46,7 @@ class MessageView(CamelModel):
 def list_messages(
     lead_id: str, session: SessionDep, _actor: ActorDep
 ) -> list[MessageView]:
-    """Every message to the lead, newest first."""
+    """List every message to the lead, newest first."""
     get_lead_or_404(session, lead_id)
     messages = session.exec(
         select(Message)
@@ -84,7 +84,7 @@ async def read_journey(
     engine: EngineDep,
     temporal: TemporalDep,
 ) -> JourneyView:
-    """The lead's live stage, score, enrollments and next action, from its workflows."""
+    """Read the lead's live stage, score, enrollments and next action."""
     lead, enrollments, events = await run_in_threadpool(_load, engine, lead_id)
     state = await query_lead(temporal, lead_id)
     live_states = await asyncio.gather(
