@@ -39,8 +39,11 @@ def parse_delay(text: str) -> timedelta:
             'e.g. "30 seconds", "90 minutes", "24 hours", "3 days" or "2 weeks"'
         )
     amount, unit = int(match.group(1)), _DELAY_UNITS[match.group(2).lower()]
-    delay = timedelta(**{unit: amount})
-    if delay > MAX_DELAY:
+    try:
+        delay = timedelta(**{unit: amount})
+    except OverflowError:
+        delay = None
+    if delay is None or delay > MAX_DELAY:
         raise ValueError(f"invalid delay {text!r}: the maximum is 365 days")
     return delay
 

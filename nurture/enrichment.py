@@ -77,8 +77,18 @@ SIZE_BANDS: tuple[tuple[int, int | None, str], ...] = (
     (5001, None, "5001+"),
 )
 
-_NUMBER = re.compile(r"(\d+(?:[.,]\d+)?)\s*([kmb](?![a-z]))?", re.IGNORECASE)
-_MULTIPLIERS = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
+_NUMBER = re.compile(
+    r"(\d+(?:[.,]\d+)?)\s*((?:thousand|million|billion|k|m|b)(?![a-z]))?",
+    re.IGNORECASE,
+)
+_MULTIPLIERS = {
+    "k": 1_000,
+    "thousand": 1_000,
+    "m": 1_000_000,
+    "million": 1_000_000,
+    "b": 1_000_000_000,
+    "billion": 1_000_000_000,
+}
 
 
 class Enrichment(BaseModel):

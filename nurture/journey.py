@@ -4,6 +4,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from nurture.schemas import CamelModel
+from nurture.wording import describe_age
 
 RECENT = timedelta(days=7)
 
@@ -80,7 +81,7 @@ def recommend(
         target = f" on {url}" if url else ""
         return NextAction(
             action="follow_up",
-            reason=f"clicked{target} {_ago(now - clicks[0].at)} ago",
+            reason=f"clicked{target} {describe_age(now - clicks[0].at)} ago",
         )
     upcoming = [e for e in enrollments if e.status == "active" and e.next_step_due_at]
     if upcoming:
@@ -101,11 +102,3 @@ def recommend(
         action="enroll_in_campaign",
         reason="no live campaign and no engagement in the last 7 days",
     )
-
-
-def _ago(age: timedelta) -> str:
-    if age < timedelta(hours=1):
-        return f"{max(1, int(age.total_seconds() // 60))} minutes"
-    if age < timedelta(days=2):
-        return f"{int(age.total_seconds() // 3600)} hours"
-    return f"{age.days} days"

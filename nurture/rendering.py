@@ -96,6 +96,10 @@ class TemplateRenderer:
                 subject = " ".join(subject.split())
                 if (self.root / folder / "body.html").is_file():
                     html = self.env.get_template(f"{folder}/body.html").render(context)
+        except jinja2.exceptions.SecurityError as error:
+            raise TemplateError(
+                f"template {name!r} uses something the sandbox forbids: {error}"
+            ) from None
         except jinja2.UndefinedError as error:
             raise TemplateError(
                 f"template {name!r} needs a value the lead does not have: "

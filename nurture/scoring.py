@@ -4,6 +4,7 @@ A score is the sum of three capped dimensions: firmographic fit (50 points),
 behavior (30) and engagement (20). Every point comes with the fact behind it.
 """
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -13,6 +14,7 @@ from pydantic import Field
 
 from nurture.enrichment import midpoint, normalize_industry, parse_amounts
 from nurture.schemas import CamelModel, StrictCamelModel
+from nurture.wording import count_of, describe_age
 
 Dimension = Literal["firmographic", "behavioral", "engagement"]
 DIMENSION_MAX: dict[Dimension, int] = {
@@ -59,7 +61,7 @@ class CountRule:
     cap: int
 
     def describe(self, count: int) -> str:
-        return f"{count} {self.singular if count == 1 else self.plural}"
+        return count_of(count, self.singular, self.plural)
 
 
 BEHAVIOR_RULES = (
@@ -148,15 +150,25 @@ def _banded(value: float, bands: tuple[tuple[int | None, int], ...]) -> int:
     return 0
 
 
+_NO_TIMELINE = re.compile(r"\b(no|not|none|unknown|undecided|unsure)\b")
+_NOW = re.compile(r"\b(now|asap|immediate|immediately|this month)\b")
+# Months per unit; a number with no unit counts as months.
+_TIMELINE_UNITS = (("year", 12.0), ("week", 12 / 52), ("day", 12 / 365))
+
+
 def _timeline_months(text: str) -> float | None:
+    """Read a buying timeline such as "3-6 months", "2 weeks" or "ASAP" in months."""
     lowered = text.lower()
-    if any(word in lowered for word in ("immediate", "now", "asap")):
+    if _NO_TIMELINE.search(lowered):
+        return None
+    if _NOW.search(lowered):
         return 0
     amounts = parse_amounts(lowered)
     if not amounts:
         return None
     months = sum(amounts[:2]) / len(amounts[:2])
-    return months * 12 if "year" in lowered else months
+    factor = next((f for unit, f in _TIMELINE_UNITS if unit in lowered), 1.0)
+    return months * factor
 
 
 def _firmographic(data: Firmographic) -> list[Reason]:
@@ -234,7 +246,7 @@ def _engagement(data: Engagement, now: datetime) -> list[Reason]:
                 criterion="recency",
                 dimension="engagement",
                 points=points,
-                fact=f"last activity {_describe_age(age)} ago",
+                fact=f"last activity {describe_age(age)} ago",
             )
         )
     if data.total_activities:
@@ -244,8 +256,7 @@ def _engagement(data: Engagement, now: datetime) -> list[Reason]:
                 dimension="engagement",
                 points=min(data.total_activities, ACTIVITY_POINTS_CAP),
                 fact=(
-                    f"{data.total_activities} "
-                    f"{'activity' if data.total_activities == 1 else 'activities'} "
+                    f"{count_of(data.total_activities, 'activity', 'activities')} "
                     "in the last 30 days"
                 ),
             )
@@ -260,14 +271,6 @@ def _engagement(data: Engagement, now: datetime) -> list[Reason]:
             )
         )
     return reasons
-
-
-def _describe_age(age: timedelta) -> str:
-    if age < timedelta(hours=1):
-        return "under an hour"
-    if age < timedelta(days=2):
-        return f"{int(age.total_seconds() // 3600)} hours"
-    return f"{age.days} days"
 
 
 _DIMENSION_RULES: dict[Dimension, Callable[[ScoringInput, datetime], list[Reason]]] = {

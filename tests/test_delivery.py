@@ -47,7 +47,13 @@ async def finished_enrollment(stack: Stack, campaign_id: str, lead_id: str) -> A
         return True
 
     await stack.eventually(started, message="enrollment started")
-    await stack.env.fast_forward(handle, None)
+    try:
+        await stack.env.fast_forward(handle, None)
+    except RPCError:
+        # An enrollment without timers may end before the clock can move.
+        description = await handle.describe()
+        assert description.status is not None
+        assert description.status.name == "COMPLETED"
     return await handle.result()
 
 
