@@ -17,6 +17,7 @@ from tests.conftest import Stack, StackFactory, example
 from tests.fakes import FakeServer
 from tests.test_end_to_end import create_campaign, create_lead
 from workflows.lead import LeadWorkflow
+from workflows.nurture import NurtureWorkflow
 
 
 def store_lead(stack: Stack, email: str, **columns: Any) -> str:
@@ -183,3 +184,34 @@ async def test_mql_lead_syncs_to_crm(
     assert body["lead"]["id"] == lead_id
     assert body["lead"]["stage"] == "mql"
     assert body["lead"]["contact"]["email"] == "john.smith@company.com"
+
+
+async def test_edit_keeps_enrollments_on_old_version(stack: Stack) -> None:
+    campaign_id = await create_campaign(stack)
+    lead_id = await create_lead(stack)
+    await stack.eventually(stack.sendgrid.mails, message="welcome email sent")
+    edited = example("campaign.json")
+    edited["sequence"][1]["template"] = "welcome_email"
+    del edited["sequence"][1]["conditions"]
+    edited["sequence"][1]["personalization"] = edited["sequence"][0]["personalization"]
+
+    response = await stack.api.put(
+        f"/api/v1/nurturing/campaigns/{campaign_id}", json=edited
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["version"] == 2
+
+    handle = stack.client.get_workflow_handle_for(
+        NurtureWorkflow.run, nurture_workflow_id(campaign_id, lead_id)
+    )
+    await stack.env.fast_forward(handle, timedelta(hours=24))
+    result = await handle.result()
+    assert result.campaign_version == 1
+    assert [s.status for s in result.steps] == ["sent", "skipped"]
+    assert len(stack.sendgrid.mails()) == 1
+    with session_scope(stack.engine) as session:
+        (enrollment,) = session.exec(
+            select(Enrollment).where(Enrollment.lead_id == lead_id)
+        ).all()
+    assert enrollment.campaign_version == 1
+    assert enrollment.status == "completed"
