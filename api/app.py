@@ -4,13 +4,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import Any
 
 import sqlalchemy as sa
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from temporalio.client import Client
 
-from api.deps import TemporalGateway
-from api.errors import install_error_handlers
+from api.deps import TemporalGateway, check_api_key
+from api.errors import ApiError, error_response, install_error_handlers
 from api.routes import campaigns, events, health, journey, leads, scoring, webhooks
 from api.workflow_calls import reconcile_forever
 from nurture.config import Settings, get_settings
@@ -19,6 +20,9 @@ from nurture.logs import configure_logging
 from nurture.rendering import TemplateRenderer
 
 logger = logging.getLogger(__name__)
+
+PROTECTED_PREFIX = "/api/v1/"
+WEBHOOK_PREFIX = "/api/v1/webhooks/"
 
 
 def create_app(
@@ -38,7 +42,7 @@ def create_app(
         task = None
         if reconcile:
             task = asyncio.create_task(
-                reconcile_forever(app.state.temporal.client, settings, app.state.engine)
+                reconcile_forever(app.state.temporal, settings, app.state.engine)
             )
         yield
         if task is not None:
@@ -59,6 +63,20 @@ def create_app(
     app.state.temporal = TemporalGateway(settings, temporal_client)
     app.state.renderer = TemplateRenderer(settings.templates_dir)
     install_error_handlers(app)
+
+    @app.middleware("http")
+    async def reject_missing_key(request: Request, call_next: Any) -> Any:
+        # Runs before FastAPI reads the body, so a request without a key gets
+        # 401 even when its body is malformed. Providers cannot send our key,
+        # so their webhooks are left to the routes.
+        path = request.url.path
+        if path.startswith(PROTECTED_PREFIX) and not path.startswith(WEBHOOK_PREFIX):
+            try:
+                check_api_key(request.headers.get("authorization"), settings.api_key)
+            except ApiError as error:
+                return error_response(error)
+        return await call_next(request)
+
     for module in (health, leads, journey, scoring, campaigns, events, webhooks):
         app.include_router(module.router)
     return app

@@ -74,6 +74,13 @@ def field_errors(raw: Sequence[Any], strip_prefix: bool = False) -> list[FieldEr
         if strip_prefix and loc and loc[0] in ("body", "query", "path", "header"):
             loc = loc[1:]
         message = str(error["msg"]).removeprefix("Value error, ")
+        if error["type"] == "json_invalid":
+            # FastAPI puts the character offset of a JSON syntax error where the
+            # path would be; report it in the message instead.
+            offset = loc[-1] if loc else "?"
+            reason = (error.get("ctx") or {}).get("error", "")
+            message = f"invalid JSON at character {offset}: {reason}".rstrip(": ")
+            loc = ()
         result.append(
             FieldError(path=json_path(loc), message=message, type=error["type"])
         )
@@ -90,7 +97,7 @@ def from_pydantic(error: ValidationError, prefix: Sequence[int | str] = ()) -> A
     return validation_error(field_errors(raw))
 
 
-def _response(error: ApiError) -> JSONResponse:
+def error_response(error: ApiError) -> JSONResponse:
     body = ErrorBody(error=error.code, message=error.message, errors=error.errors)
     return JSONResponse(
         body.model_dump(), status_code=error.status, headers=error.headers
@@ -100,13 +107,13 @@ def _response(error: ApiError) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_request: Request, error: ApiError) -> JSONResponse:
-        return _response(error)
+        return error_response(error)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_request(
         _request: Request, error: RequestValidationError
     ) -> JSONResponse:
-        return _response(validation_error(field_errors(error.errors(), True)))
+        return error_response(validation_error(field_errors(error.errors(), True)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(
@@ -115,7 +122,7 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(
             error.status_code, "http_error"
         )
-        return _response(
+        return error_response(
             ApiError(
                 error.status_code,
                 code,
@@ -127,7 +134,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RPCError)
     async def _temporal_error(request: Request, error: RPCError) -> JSONResponse:
         logger.error("Temporal call failed on %s: %s", request.url.path, error)
-        return _response(
+        return error_response(
             ApiError(
                 503,
                 "temporal_unavailable",
@@ -140,7 +147,7 @@ def install_error_handlers(app: FastAPI) -> None:
         request: Request, error: OperationalError
     ) -> JSONResponse:
         logger.error("database call failed on %s: %s", request.url.path, error.orig)
-        return _response(
+        return error_response(
             ApiError(
                 503,
                 "database_unavailable",

@@ -15,6 +15,7 @@ from temporalio.common import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from api.deps import TemporalGateway, TemporalUnavailable
 from nurture.config import Settings
 from nurture.contracts import (
     BehaviorSignal,
@@ -77,7 +78,7 @@ def mark_synced(engine: sa.Engine, lead_id: str, synced: bool) -> None:
 
 
 async def notify_lead(
-    client: Client,
+    gateway: TemporalGateway,
     settings: Settings,
     engine: sa.Engine,
     lead_id: str,
@@ -90,8 +91,8 @@ async def notify_lead(
     database.
     """
     try:
-        await signal_lead(client, settings, lead_id, signal)
-    except RPCError as error:
+        await signal_lead(await gateway.client(), settings, lead_id, signal)
+    except (RPCError, TemporalUnavailable) as error:
         logger.warning("lead %s: workflow start or signal failed: %s", lead_id, error)
         await run_in_threadpool(mark_synced, engine, lead_id, False)
         return False
@@ -100,7 +101,7 @@ async def notify_lead(
 
 
 async def signal_enrollment(
-    client: Client, workflow_id: str, signal: EngagementSignal
+    gateway: TemporalGateway, workflow_id: str, signal: EngagementSignal
 ) -> None:
     """Send an engagement signal to a nurture workflow, if it still runs.
 
@@ -108,8 +109,13 @@ async def signal_enrollment(
     the workflow reads stored engagement before it decides a condition.
     """
     try:
+        client = await gateway.client()
         await client.get_workflow_handle(workflow_id).signal(
             NurtureWorkflow.engagement, signal
+        )
+    except TemporalUnavailable as error:
+        logger.warning(
+            "enrollment %s: %s not signalled: %s", workflow_id, signal.type, error
         )
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
@@ -162,13 +168,15 @@ def _unsynced_leads(engine: sa.Engine) -> list[str]:
         )
 
 
-async def reconcile_once(client: Client, settings: Settings, engine: sa.Engine) -> int:
+async def reconcile_once(
+    gateway: TemporalGateway, settings: Settings, engine: sa.Engine
+) -> int:
     """Start or nudge the workflows of leads whose last start or signal failed."""
     lead_ids = await run_in_threadpool(_unsynced_leads, engine)
     done = 0
     for lead_id in lead_ids:
         signal = BehaviorSignal(type="resync")
-        if await notify_lead(client, settings, engine, lead_id, signal):
+        if await notify_lead(gateway, settings, engine, lead_id, signal):
             done += 1
     if lead_ids:
         logger.info(
@@ -177,11 +185,13 @@ async def reconcile_once(client: Client, settings: Settings, engine: sa.Engine) 
     return done
 
 
-async def reconcile_forever(get_client, settings: Settings, engine: sa.Engine) -> None:  # type: ignore[no-untyped-def]
+async def reconcile_forever(
+    gateway: TemporalGateway, settings: Settings, engine: sa.Engine
+) -> None:
     while True:
         await asyncio.sleep(RECONCILE_INTERVAL_SECONDS)
         try:
-            await reconcile_once(await get_client(), settings, engine)
+            await reconcile_once(gateway, settings, engine)
         except Exception:
             logger.exception(
                 "reconciler pass failed; retrying in %ss", RECONCILE_INTERVAL_SECONDS

@@ -5,7 +5,7 @@ from typing import Any
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 from sqlmodel import Session, col, select
 
 from nurture.config import get_settings
@@ -102,14 +102,15 @@ class LeadCreate(StrictCamelModel):
     source: SourceIn = Field(default_factory=SourceIn)
     custom_fields: dict[str, Any] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _require_email_or_phone(self) -> "LeadCreate":
-        if not self.contact.email and not self.contact.phone:
+    @field_validator("contact")
+    @classmethod
+    def _require_email_or_phone(cls, contact: ContactIn) -> ContactIn:
+        if not contact.email and not contact.phone:
             raise ValueError(
                 "contact.email or contact.phone is required: a lead needs a way "
                 "to be reached"
             )
-        return self
+        return contact
 
 
 class LeadUpdate(StrictCamelModel):

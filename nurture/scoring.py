@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AwareDatetime, Field
 
 from nurture.enrichment import midpoint, normalize_industry, parse_amounts
 from nurture.schemas import CamelModel, StrictCamelModel
@@ -108,7 +108,7 @@ class Behavioral(StrictCamelModel):
 
 
 class Engagement(StrictCamelModel):
-    last_activity: datetime | None = None
+    last_activity: AwareDatetime | None = None
     total_activities: int = Field(
         0, ge=0, description="Activities in the last 30 days."
     )

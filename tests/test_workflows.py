@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from sqlmodel import select
 
+from api.deps import TemporalGateway
 from api.workflow_calls import reconcile_once
 from nurture.contracts import BehaviorSignal, LeadWorkflowInput
 from nurture.db import session_scope
@@ -134,7 +135,8 @@ async def test_reconciler_starts_missing_workflows(stack: Stack) -> None:
     old = datetime.now(UTC) - timedelta(minutes=1)
     lead_id = store_lead(stack, "missed.start@company.com", created_at=old)
 
-    synced = await reconcile_once(stack.client, stack.settings, stack.engine)
+    gateway = TemporalGateway(stack.settings, stack.client)
+    synced = await reconcile_once(gateway, stack.settings, stack.engine)
 
     assert synced == 1
     state = await stack.eventually(
@@ -145,7 +147,7 @@ async def test_reconciler_starts_missing_workflows(stack: Stack) -> None:
         lead = session.get(Lead, lead_id)
         assert lead is not None
         assert lead.workflow_synced_at is not None
-    assert await reconcile_once(stack.client, stack.settings, stack.engine) == 0
+    assert await reconcile_once(gateway, stack.settings, stack.engine) == 0
 
 
 async def _initialized_state(stack: Stack, lead_id: str) -> Any:

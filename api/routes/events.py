@@ -5,12 +5,12 @@ from typing import Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter
-from pydantic import Field, model_validator
-from sqlmodel import select
+from pydantic import AwareDatetime, Field, field_validator, model_validator
+from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ActorDep, EngineDep, SettingsDep, TemporalDep
-from api.errors import ApiError, ErrorBody
+from api.deps import ActorDep, EngineDep, GatewayDep, SettingsDep
+from api.errors import ApiError, error_responses
 from api.workflow_calls import notify_lead
 from nurture.contracts import BehaviorSignal
 from nurture.db import session_scope
@@ -35,7 +35,9 @@ class BehaviorEventIn(StrictCamelModel):
         "webinar_attendance",
     ]
     url: str | None = Field(None, max_length=2000)
-    occurred_at: datetime | None = Field(None, description="Defaults to now.")
+    occurred_at: AwareDatetime | None = Field(
+        None, description="With a time zone; defaults to now."
+    )
     event_id: str | None = Field(
         None,
         max_length=200,
@@ -43,17 +45,17 @@ class BehaviorEventIn(StrictCamelModel):
     )
     properties: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
 
+    @field_validator("occurred_at")
+    @classmethod
+    def _check_not_future(cls, value: datetime | None) -> datetime | None:
+        if value is not None and value > utcnow() + MAX_CLOCK_SKEW:
+            raise ValueError("occurredAt is in the future; send the time it happened")
+        return value
+
     @model_validator(mode="after")
-    def _check(self) -> "BehaviorEventIn":
+    def _check_lead_given(self) -> "BehaviorEventIn":
         if not self.lead_id and not self.email:
             raise ValueError("leadId or email is required to find the lead")
-        if self.occurred_at is not None:
-            if self.occurred_at.tzinfo is None:
-                raise ValueError(
-                    "occurredAt needs a time zone, e.g. 2026-01-01T10:00:00Z"
-                )
-            if self.occurred_at > utcnow() + MAX_CLOCK_SKEW:
-                raise ValueError("occurredAt is in the future")
         return self
 
 
@@ -88,14 +90,9 @@ def _store(engine: sa.Engine, event: BehaviorEventIn) -> tuple[EngagementEvent, 
                 "capture it first with POST /api/v1/leads",
             )
         provider_event_id = f"web:{event.event_id}" if event.event_id else None
-        if provider_event_id:
-            existing = session.exec(
-                select(EngagementEvent).where(
-                    EngagementEvent.provider_event_id == provider_event_id
-                )
-            ).first()
-            if existing is not None:
-                return existing, True
+        existing = _find_event(session, provider_event_id)
+        if existing is not None:
+            return existing, True
         stored = EngagementEvent(
             lead_id=lead.id,
             type=_classify(event),
@@ -104,26 +101,42 @@ def _store(engine: sa.Engine, event: BehaviorEventIn) -> tuple[EngagementEvent, 
             occurred_at=event.occurred_at or utcnow(),
             data={"url": event.url, **event.properties},
         )
-        session.add(stored)
+        try:
+            with session.begin_nested():
+                session.add(stored)
+        except sa.exc.IntegrityError:
+            # A concurrent request stored the same eventId first.
+            existing = _find_event(session, provider_event_id)
+            if existing is None:
+                raise
+            return existing, True
         return stored, False
+
+
+def _find_event(
+    session: Session, provider_event_id: str | None
+) -> EngagementEvent | None:
+    if provider_event_id is None:
+        return None
+    return session.exec(
+        select(EngagementEvent).where(
+            EngagementEvent.provider_event_id == provider_event_id
+        )
+    ).first()
 
 
 @router.post(
     "",
     status_code=202,
     response_model=EventReceipt,
-    responses={
-        401: {"model": ErrorBody},
-        404: {"model": ErrorBody},
-        422: {"model": ErrorBody},
-    },
+    responses=error_responses(401, 404, 422),
 )
 async def record_event(
     event: BehaviorEventIn,
     _actor: ActorDep,
     settings: SettingsDep,
     engine: EngineDep,
-    temporal: TemporalDep,
+    temporal: GatewayDep,
 ) -> EventReceipt:
     """Record a website behavior event for a lead and signal its workflow."""
     stored, duplicate = await run_in_threadpool(_store, engine, event)

@@ -1,16 +1,15 @@
 """Lead capture, reading, editing and listing."""
 
 import json
-from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import ValidationError
+from pydantic import AwareDatetime, ValidationError
 from sqlmodel import Session, col, func, select
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ActorDep, EngineDep, SessionDep, SettingsDep, TemporalDep
+from api.deps import ActorDep, EngineDep, GatewayDep, SessionDep, SettingsDep
 from api.errors import (
     ApiError,
     FieldError,
@@ -131,7 +130,7 @@ async def create_lead(
     actor: ActorDep,
     settings: SettingsDep,
     engine: EngineDep,
-    temporal: TemporalDep,
+    temporal: GatewayDep,
 ) -> LeadPublic:
     """Capture a lead from JSON or a web form; a known email merges into its lead."""
     payload = await _read_payload(request)
@@ -187,7 +186,7 @@ async def patch_lead(
     actor: ActorDep,
     settings: SettingsDep,
     engine: EngineDep,
-    temporal: TemporalDep,
+    temporal: GatewayDep,
 ) -> LeadPublic:
     """Change some of a lead's fields; the lead is rescored."""
     lead, changed = await run_in_threadpool(
@@ -217,10 +216,10 @@ def list_leads(
     score_gte: Annotated[int | None, Query(alias="score[gte]")] = None,
     score_lt: Annotated[int | None, Query(alias="score[lt]")] = None,
     score_lte: Annotated[int | None, Query(alias="score[lte]")] = None,
-    created_gt: Annotated[datetime | None, Query(alias="createdAt[gt]")] = None,
-    created_gte: Annotated[datetime | None, Query(alias="createdAt[gte]")] = None,
-    created_lt: Annotated[datetime | None, Query(alias="createdAt[lt]")] = None,
-    created_lte: Annotated[datetime | None, Query(alias="createdAt[lte]")] = None,
+    created_gt: Annotated[AwareDatetime | None, Query(alias="createdAt[gt]")] = None,
+    created_gte: Annotated[AwareDatetime | None, Query(alias="createdAt[gte]")] = None,
+    created_lt: Annotated[AwareDatetime | None, Query(alias="createdAt[lt]")] = None,
+    created_lte: Annotated[AwareDatetime | None, Query(alias="createdAt[lte]")] = None,
     status: Annotated[
         str | None, Query(description="active, unsubscribed, ...")
     ] = None,
@@ -264,16 +263,6 @@ def list_leads(
     ):
         if value is None:
             continue
-        if isinstance(value, datetime) and value.tzinfo is None:
-            raise validation_error(
-                [
-                    FieldError(
-                        path="createdAt",
-                        message="add a time zone, e.g. 2026-01-01T00:00:00Z",
-                        type="datetime_naive",
-                    )
-                ]
-            )
         conditions.append(getattr(col(column), f"__{operator}__")(value))
     total = session.exec(
         select(func.count()).select_from(Lead).where(*conditions)

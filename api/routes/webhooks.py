@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import EngineDep, SettingsDep, TemporalDep
+from api.deps import EngineDep, GatewayDep, SettingsDep
 from api.errors import ErrorBody, FieldError, validation_error
 from api.workflow_calls import notify_lead, signal_enrollment
 from nurture.contracts import BehaviorSignal, EngagementSignal
@@ -100,7 +100,7 @@ def _store_all(engine: sa.Engine, events: list[dict[str, Any]]) -> list[StoredEv
     },
 )
 async def receive_sendgrid_events(
-    request: Request, settings: SettingsDep, engine: EngineDep, temporal: TemporalDep
+    request: Request, settings: SettingsDep, engine: EngineDep, temporal: GatewayDep
 ) -> WebhookReceipt:
     """Take a SendGrid Event Webhook batch: store each event once, then signal."""
     events = _parse_batch(await request.body())
