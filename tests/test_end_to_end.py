@@ -1,8 +1,13 @@
 """The whole product on a real Temporal server: capture, score, nurture, react."""
 
 import copy
+import json
+import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
+
+from temporalio.client import WorkflowHandle
 
 from nurture.temporal import nurture_workflow_id
 from tests.conftest import Stack, example
@@ -26,6 +31,25 @@ async def create_lead(stack: Stack, **contact: str) -> str:
     response = await stack.api.post("/api/v1/leads", json=lead)
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
+
+
+async def record_history(handle: WorkflowHandle[Any, Any], name: str) -> None:
+    """Save a finished workflow's history for tests/test_replay.py, when asked to."""
+    if os.environ.get("NURTURE_RECORD_HISTORIES") != "1":
+        return
+    history = await handle.fetch_history()
+    description = await handle.describe()
+    path = Path(__file__).resolve().parent / "histories" / f"{name}.json"
+    path.write_text(
+        json.dumps(
+            {
+                "workflow_id": handle.id,
+                "workflow_type": description.workflow_type,
+                "history": history.to_json_dict(),
+            },
+            indent=1,
+        )
+    )
 
 
 def open_event_for(mail_index: int, stack: Stack, lead_id: str) -> dict[str, Any]:
@@ -103,6 +127,10 @@ async def test_lead_is_nurtured_end_to_end(stack: Stack) -> None:
     result = await handle.result()
     assert result.status == "completed"
     assert [s.status for s in result.steps] == ["sent", "sent"]
+    await record_history(handle, "nurture-opened-both-steps")
+    lead_handle = stack.client.get_workflow_handle(f"lead-{lead_id}")
+    await lead_handle.terminate("history recorded")
+    await record_history(lead_handle, "lead-opened-and-nurtured")
     messages = (await stack.api.get(f"/api/v1/leads/{lead_id}/messages")).json()
     assert [m["template"] for m in messages] == ["value_proposition", "welcome_email"]
 
@@ -120,6 +148,7 @@ async def test_lead_that_never_opens_gets_one_email(stack: Stack) -> None:
 
     assert [s.status for s in result.steps] == ["sent", "skipped"]
     assert result.steps[1].detail == "condition emailOpened=true not met"
+    await record_history(handle, "nurture-never-opened")
     assert len(stack.sendgrid.mails()) == 1
 
 
