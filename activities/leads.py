@@ -1,12 +1,10 @@
 """Lead activities: enrichment, scoring, enrollment planning and CRM sync."""
 
 import logging
-from datetime import timedelta
-from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from sqlmodel import Session, col, func, select
+from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -24,42 +22,18 @@ from nurture.contracts import (
 )
 from nurture.db import session_scope
 from nurture.enrichment import enrich
+from nurture.lead_scoring import rescore
 from nurture.leads import LeadPublic
 from nurture.models import (
     Campaign,
     CampaignVersion,
-    EngagementEvent,
     Enrollment,
     Lead,
     utcnow,
 )
-from nurture.scoring import (
-    Behavioral,
-    Engagement,
-    Firmographic,
-    ScoringInput,
-    next_stage,
-    score,
-)
 from nurture.temporal import nurture_workflow_id
 
 logger = logging.getLogger(__name__)
-
-# Engagement event types and the behavioral counters each one feeds.
-EVENT_COUNTERS: dict[str, tuple[str, ...]] = {
-    "page_view": ("website_visits",),
-    "pricing_page_view": ("website_visits", "pricing_page_views"),
-    "content_download": ("content_downloads",),
-    "webinar_registration": ("webinar_registrations",),
-    "webinar_attendance": ("webinar_registrations",),
-    "form_submission": ("form_submissions",),
-    "open": ("email_opens",),
-    "click": ("email_clicks",),
-    "sms_reply": ("sms_replies",),
-}
-# Events that show interest beyond filling in the first form.
-ENGAGED_EVENTS = frozenset(EVENT_COUNTERS) - {"form_submission"}
-ACTIVITY_WINDOW = timedelta(days=30)
 
 
 def load_lead(session: Session, lead_id: str) -> Lead:
@@ -69,54 +43,6 @@ def load_lead(session: Session, lead_id: str) -> Lead:
             f"lead {lead_id} not found", type="LeadNotFound", non_retryable=True
         )
     return lead
-
-
-def scoring_input(session: Session, lead: Lead) -> tuple[ScoringInput, dict[str, int]]:
-    """Build the scoring input of a stored lead, and its event counts by type."""
-    counts = dict(
-        session.exec(
-            select(EngagementEvent.type, func.count())
-            .where(EngagementEvent.lead_id == lead.id)
-            .group_by(EngagementEvent.type)
-        ).all()
-    )
-    behavioral: dict[str, int] = {}
-    for event_type, fields in EVENT_COUNTERS.items():
-        for field in fields:
-            behavioral[field] = behavioral.get(field, 0) + counts.get(event_type, 0)
-    last_activity = session.exec(
-        select(func.max(EngagementEvent.occurred_at)).where(
-            EngagementEvent.lead_id == lead.id
-        )
-    ).one()
-    recent = session.exec(
-        select(func.count())
-        .select_from(EngagementEvent)
-        .where(
-            EngagementEvent.lead_id == lead.id,
-            col(EngagementEvent.occurred_at) >= utcnow() - ACTIVITY_WINDOW,
-        )
-    ).one()
-    enrichment = lead.enrichment or {}
-    custom = lead.custom_fields or {}
-    return ScoringInput(
-        lead_id=lead.id,
-        firmographic=Firmographic(
-            industry=lead.company_industry,
-            size=lead.company_size,
-            revenue=lead.company_revenue,
-            budget=_text(custom.get("budget")),
-            timeline=_text(custom.get("timeline")),
-            free_mail=bool(enrichment.get("free_mail")),
-            role_address=bool(enrichment.get("role_address")),
-        ),
-        behavioral=Behavioral(**behavioral),
-        engagement=Engagement(last_activity=last_activity, total_activities=recent),
-    ), counts
-
-
-def _text(value: Any) -> str | None:
-    return str(value) if value not in (None, "") else None
 
 
 class LeadActivities:
@@ -137,16 +63,7 @@ class LeadActivities:
         """Rescore a lead from its stored facts and events, and store the result."""
         with session_scope(self.engine) as session:
             lead = load_lead(session, input.lead_id)
-            data, counts = scoring_input(session, lead)
-            result = score(data, utcnow())
-            engaged = any(counts.get(kind, 0) for kind in ENGAGED_EVENTS)
-            lead.stage = next_stage(
-                lead.stage, result.score, engaged, self.settings.mql_threshold
-            )
-            lead.score = result.score
-            lead.score_reasons = [r.model_dump() for r in result.reasons]
-            lead.scored_at = result.scored_at
-            session.add(lead)
+            result = rescore(session, lead, self.settings.mql_threshold)
             return ScoreSnapshot(
                 score=result.score,
                 stage=lead.stage,

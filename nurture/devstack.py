@@ -141,8 +141,9 @@ def load_example_campaign(base_url: str, key: str) -> str:
         f"{base_url}/api/v1/nurturing/campaigns", headers=headers, timeout=10
     )
     existing.raise_for_status()
-    for campaign in existing.json():
-        if campaign["name"] == definition["name"]:
+    # The list is newest first; the oldest active copy is the one make run made.
+    for campaign in reversed(existing.json()):
+        if campaign["name"] == definition["name"] and campaign["status"] == "active":
             return f"{campaign['id']} (already loaded)"
     created = httpx.post(
         f"{base_url}/api/v1/nurturing/campaigns",

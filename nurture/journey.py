@@ -13,6 +13,8 @@ class StepView(CamelModel):
     step: int
     status: str
     message_id: str | None = None
+    # The message's own status (delivered, opened, ...), from the outbox.
+    message_status: str | None = None
     at: datetime
     detail: str | None = None
 

@@ -3,7 +3,8 @@
 Every test drives the FastAPI app with the real database and Temporal server
 of the `stack` fixture. No campaign exists in these tests, so a lead's
 workflow scores it once after capture and then waits. A test that needs known
-scores waits for that first scoring and then writes the scores directly.
+scores waits for that first workflow scoring and then writes the scores
+directly.
 """
 
 import uuid
@@ -12,10 +13,13 @@ from typing import Any
 
 import httpx
 import pytest
+from temporalio.service import RPCError
 
 from nurture.db import session_scope
 from nurture.models import Lead
+from nurture.temporal import lead_workflow_id
 from tests.conftest import Stack, example
+from workflows.lead import LeadWorkflow
 
 LEADS = "/api/v1/leads"
 
@@ -54,8 +58,14 @@ async def create_scored_leads(stack: Stack, count: int, **sections: Any) -> list
 
     async def all_scored() -> bool:
         for lead_id in ids:
-            lead = (await stack.api.get(f"{LEADS}/{lead_id}")).json()
-            if lead["scoredAt"] is None:
+            handle = stack.client.get_workflow_handle_for(
+                LeadWorkflow.run, lead_workflow_id(lead_id)
+            )
+            try:
+                state = await handle.query(LeadWorkflow.state)
+            except RPCError:
+                return False
+            if not state.initialized:
                 return False
         return True
 

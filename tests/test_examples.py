@@ -9,7 +9,10 @@ from tests.conftest import EXAMPLES
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "examples"
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="no shared examples beside the repo")
+@pytest.mark.skipif(
+    not SHARED.is_dir(),
+    reason="../shared/examples not found beside the repository; tests use the copies",
+)
 def test_examples_match_shared_originals() -> None:
     originals = sorted(p.relative_to(SHARED) for p in SHARED.rglob("*") if p.is_file())
     copies = sorted(p.relative_to(EXAMPLES) for p in EXAMPLES.rglob("*") if p.is_file())

@@ -1,11 +1,12 @@
 """The sales rep's views of one lead: its messages and its live journey."""
 
 import asyncio
+from dataclasses import dataclass
 from datetime import datetime
 
 import sqlalchemy as sa
 from fastapi import APIRouter
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ActorDep, EngineDep, SessionDep, SettingsDep, TemporalDep
@@ -56,9 +57,24 @@ def list_messages(
     return [MessageView.model_validate(m, from_attributes=True) for m in messages]
 
 
-def _load(
-    engine: sa.Engine, lead_id: str
-) -> tuple[Lead, list[tuple[Enrollment, str]], list[EngagementEvent]]:
+def _message_statuses(session: Session, lead_id: str) -> dict[str, str]:
+    rows = session.exec(
+        select(Message.id, Message.status).where(Message.lead_id == lead_id)
+    ).all()
+    return dict(rows)
+
+
+@dataclass
+class _Stored:
+    """What the database knows of a lead's journey."""
+
+    lead: Lead
+    enrollments: list[tuple[Enrollment, str]]
+    events: list[EngagementEvent]
+    message_statuses: dict[str, str]
+
+
+def _load(engine: sa.Engine, lead_id: str) -> _Stored:
     with session_scope(engine) as session:
         lead = get_lead_or_404(session, lead_id)
         enrollments = session.exec(
@@ -73,7 +89,12 @@ def _load(
             .order_by(col(EngagementEvent.occurred_at).desc())
             .limit(RECENT_EVENTS)
         ).all()
-        return lead, [(e, name) for e, name in enrollments], list(events)
+        return _Stored(
+            lead=lead,
+            enrollments=[(e, name) for e, name in enrollments],
+            events=list(events),
+            message_statuses=_message_statuses(session, lead_id),
+        )
 
 
 @router.get("/{lead_id}/journey", response_model=JourneyView, responses=ERRORS)
@@ -85,7 +106,8 @@ async def read_journey(
     temporal: TemporalDep,
 ) -> JourneyView:
     """Read the lead's live stage, score, enrollments and next action."""
-    lead, enrollments, events = await run_in_threadpool(_load, engine, lead_id)
+    stored = await run_in_threadpool(_load, engine, lead_id)
+    lead, enrollments, events = stored.lead, stored.enrollments, stored.events
     state = await query_lead(temporal, lead_id)
     live_states = await asyncio.gather(
         *(query_enrollment(temporal, e.workflow_id) for e, _name in enrollments)
@@ -106,7 +128,13 @@ async def read_journey(
             view.current_step = live.current_step
             view.next_step = live.next_step
             view.next_step_due_at = live.next_step_due_at
-            view.steps = [StepView.model_validate(s.model_dump()) for s in live.steps]
+            view.steps = [
+                StepView(
+                    **step.model_dump(),
+                    message_status=stored.message_statuses.get(step.message_id or ""),
+                )
+                for step in live.steps
+            ]
         views.append(view)
     engagement = [
         EngagementView(

@@ -18,8 +18,11 @@ from api.errors import (
     validation_error,
 )
 from api.workflow_calls import notify_lead
+from nurture.config import Settings
 from nurture.contracts import BehaviorSignal
 from nurture.db import session_scope
+from nurture.enrichment import enrich
+from nurture.lead_scoring import rescore
 from nurture.leads import (
     LeadCreate,
     LeadPublic,
@@ -101,13 +104,24 @@ async def _read_payload(request: Request) -> LeadCreate:
         raise from_pydantic(error) from None
 
 
-def _store(engine: sa.Engine, payload: LeadCreate, actor: str) -> tuple[Lead, bool]:
+def _enrich_and_score(session: Session, lead: Lead, settings: Settings) -> None:
+    """Score the lead now, so the answer carries its score; its workflow rescores."""
+    lead.enrichment = enrich(lead.model_dump()).model_dump()
+    rescore(session, lead, settings.mql_threshold)
+
+
+def _store(
+    engine: sa.Engine, payload: LeadCreate, actor: str, settings: Settings
+) -> tuple[Lead, bool]:
     # Two requests with the same new address may race; the unique index lets
     # one insert win and the retry merges into it.
     for attempt in range(2):
         try:
             with session_scope(engine) as session:
-                return capture_lead(session, payload, actor)
+                lead, duplicate = capture_lead(session, payload, actor)
+                session.flush()
+                _enrich_and_score(session, lead, settings)
+                return lead, duplicate
         except sa.exc.IntegrityError:
             if attempt == 1:
                 raise
@@ -134,7 +148,7 @@ async def create_lead(
 ) -> LeadPublic:
     """Capture a lead from JSON or a web form; a known email merges into its lead."""
     payload = await _read_payload(request)
-    lead, duplicate = await run_in_threadpool(_store, engine, payload, actor)
+    lead, duplicate = await run_in_threadpool(_store, engine, payload, actor, settings)
     signal = BehaviorSignal(type="form_submission") if duplicate else None
     await notify_lead(temporal, settings, engine, lead.id, signal)
     if duplicate:
@@ -156,7 +170,7 @@ def read_lead(lead_id: str, session: SessionDep, _actor: ActorDep) -> LeadPublic
 
 
 def _apply_update(
-    engine: sa.Engine, lead_id: str, change: LeadUpdate, actor: str
+    engine: sa.Engine, lead_id: str, change: LeadUpdate, actor: str, settings: Settings
 ) -> tuple[Lead, list[str]]:
     with session_scope(engine) as session:
         lead = get_lead_or_404(session, lead_id)
@@ -171,6 +185,8 @@ def _apply_update(
                     "update that lead instead",
                 )
         changed = update_lead(session, lead, change, actor)
+        if changed:
+            _enrich_and_score(session, lead, settings)
         session.add(lead)
         return lead, changed
 
@@ -190,7 +206,7 @@ async def patch_lead(
 ) -> LeadPublic:
     """Change some of a lead's fields; the lead is rescored."""
     lead, changed = await run_in_threadpool(
-        _apply_update, engine, lead_id, change, actor
+        _apply_update, engine, lead_id, change, actor, settings
     )
     if changed:
         await notify_lead(
