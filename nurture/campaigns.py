@@ -6,47 +6,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from nurture.durations import parse_duration
 from nurture.schemas import StrictCamelModel
-
-_DELAY = re.compile(
-    r"^\s*(\d+)\s*(second|sec|s|minute|min|m|hour|hr|h|day|d|week|w)s?\s*$",
-    re.IGNORECASE,
-)
-_DELAY_UNITS = {
-    "second": "seconds",
-    "sec": "seconds",
-    "s": "seconds",
-    "minute": "minutes",
-    "min": "minutes",
-    "m": "minutes",
-    "hour": "hours",
-    "hr": "hours",
-    "h": "hours",
-    "day": "days",
-    "d": "days",
-    "week": "weeks",
-    "w": "weeks",
-}
-MAX_DELAY = timedelta(days=365)
-
-
-def parse_delay(text: str) -> timedelta:
-    """Parse "0 hours", "24 hours", "3 days", "90 minutes" or "30 seconds"."""
-    match = _DELAY.match(text)
-    if match is None:
-        raise ValueError(
-            f"invalid delay {text!r}: use a whole number and a unit, "
-            'e.g. "30 seconds", "90 minutes", "24 hours", "3 days" or "2 weeks"'
-        )
-    amount, unit = int(match.group(1)), _DELAY_UNITS[match.group(2).lower()]
-    try:
-        delay = timedelta(**{unit: amount})
-    except OverflowError:
-        delay = None
-    if delay is None or delay > MAX_DELAY:
-        raise ValueError(f"invalid delay {text!r}: the maximum is 365 days")
-    return delay
-
 
 # A trigger condition: one comparison of a lead field with a number.
 _CONDITION = re.compile(r"^\s*([a-zA-Z_]+)\s*(>=|<=|==|!=|>|<)\s*(-?\d+)\s*$")
@@ -149,12 +110,12 @@ class Step(StrictCamelModel):
     @field_validator("delay")
     @classmethod
     def _check_delay(cls, value: str) -> str:
-        parse_delay(value)
+        parse_duration(value)
         return value
 
     @property
     def delay_timedelta(self) -> timedelta:
-        return parse_delay(self.delay)
+        return parse_duration(self.delay)
 
 
 class CampaignSpec(StrictCamelModel):

@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from api.errors import json_path
-from nurture.campaigns import CampaignSpec, Trigger, parse_condition, parse_delay
+from nurture.campaigns import CampaignSpec, Trigger, parse_condition
+from nurture.durations import parse_duration
 from nurture.engagement import advance_status
 from nurture.enrichment import (
     Enrichment,
@@ -52,8 +53,8 @@ WELCOME_PERSONALIZATION = {
         ("365 days", timedelta(days=365)),
     ],
 )
-def test_parse_delay_accepts(text: str, expected: timedelta) -> None:
-    assert parse_delay(text) == expected
+def test_parse_duration_accepts(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -70,15 +71,15 @@ def test_parse_delay_accepts(text: str, expected: timedelta) -> None:
         "1000000000 days",
     ],
 )
-def test_parse_delay_rejects(text: str) -> None:
+def test_parse_duration_rejects(text: str) -> None:
     with pytest.raises(ValueError) as error:
-        parse_delay(text)
+        parse_duration(text)
     assert repr(text) in str(error.value)
 
 
-def test_parse_delay_names_maximum() -> None:
+def test_parse_duration_names_maximum() -> None:
     with pytest.raises(ValueError, match="the maximum is 365 days"):
-        parse_delay("400 days")
+        parse_duration("400 days")
 
 
 # --- campaigns: trigger conditions ---------------------------------------------
@@ -1047,3 +1048,22 @@ def test_amounts_in_words(text: str, amounts: list[float]) -> None:
 )
 def test_describe_age(age: timedelta, text: str) -> None:
     assert describe_age(age) == text
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("P1DT2H", timedelta(days=1, hours=2)),
+        ("PT90M", timedelta(minutes=90)),
+        ("P2W", timedelta(weeks=2)),
+        ("PT0S", timedelta(0)),
+    ],
+)
+def test_parse_duration_iso(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["P1M", "P1Y", "PXD", "P400D"])
+def test_parse_duration_rejects_iso(text: str) -> None:
+    with pytest.raises(ValueError, match="invalid duration"):
+        parse_duration(text)
