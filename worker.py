@@ -17,11 +17,13 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.delivery import DeliveryActivities
+from activities.journeys import JourneyActivities
 from activities.leads import LeadActivities
 from activities.messaging import MessagingActivities
 from activities.providers import (
     ConsoleEmailSender,
     ConsoleSmsSender,
+    CrmTaskSender,
     EmailSender,
     SendGridEmailSender,
     SmsSender,
@@ -72,16 +74,19 @@ def build_workers(
 ) -> list[Worker]:
     """Build the main worker and the send worker for the configured task queues."""
     leads = LeadActivities(engine, settings)
+    journeys = JourneyActivities(engine, settings)
     messaging = MessagingActivities(
         engine,
         TemplateRenderer(settings.templates_dir),
         settings.email_provider,
         settings.sms_provider,
+        settings.caps,
     )
     delivery = DeliveryActivities(
         engine,
         email_sender or email_sender_for(settings),
         sms_sender or sms_sender_for(settings),
+        CrmTaskSender(settings.crm_webhook_url),
     )
     main = Worker(
         client,
@@ -95,6 +100,10 @@ def build_workers(
             leads.sync_lead_to_crm,
             messaging.prepare_message,
             messaging.read_message_engagement,
+            journeys.evaluate_condition,
+            journeys.plan_send,
+            journeys.next_local_time,
+            journeys.record_migration,
         ],
         activity_executor=executor,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,

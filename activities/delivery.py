@@ -12,7 +12,13 @@ import sqlalchemy as sa
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.providers import EmailSender, Outgoing, ProviderError, SmsSender
+from activities.providers import (
+    EmailSender,
+    Outgoing,
+    ProviderError,
+    SmsSender,
+    TaskSender,
+)
 from nurture.contracts import DeliverMessageInput, DeliveryResult
 from nurture.db import session_scope
 from nurture.models import Message, utcnow
@@ -22,10 +28,14 @@ logger = logging.getLogger(__name__)
 
 class DeliveryActivities:
     def __init__(
-        self, engine: sa.Engine, email_sender: EmailSender, sms_sender: SmsSender
+        self,
+        engine: sa.Engine,
+        email_sender: EmailSender,
+        sms_sender: SmsSender,
+        task_sender: TaskSender,
     ) -> None:
         self.engine = engine
-        self.senders = {"email": email_sender, "sms": sms_sender}
+        self.senders = {"email": email_sender, "sms": sms_sender, "task": task_sender}
 
     @activity.defn
     def deliver_message(self, input: DeliverMessageInput) -> DeliveryResult:

@@ -22,6 +22,8 @@ from nurture.contracts import (
 )
 from nurture.db import session_scope
 from nurture.enrichment import enrich
+from nurture.enrollments import claim, entry_refusal, trigger_matches
+from nurture.lead_facts import build_facts
 from nurture.lead_scoring import rescore
 from nurture.leads import LeadPublic
 from nurture.models import (
@@ -31,7 +33,6 @@ from nurture.models import (
     Lead,
     utcnow,
 )
-from nurture.temporal import nurture_workflow_id
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,40 @@ def load_lead(session: Session, lead_id: str) -> Lead:
             f"lead {lead_id} not found", type="LeadNotFound", non_retryable=True
         )
     return lead
+
+
+def lock_lead(session: Session, lead_id: str) -> Lead:
+    """Load a lead and hold its row lock until commit.
+
+    Sends to one lead then check and reserve frequency caps one at a time.
+    NOTE: SQLite ignores the lock, so there two sends racing for one lead's
+    last capped slot can both pass; PostgreSQL serializes them.
+    """
+    lead = session.exec(
+        select(Lead).where(Lead.id == lead_id).with_for_update()
+    ).first()
+    if lead is None:
+        raise ApplicationError(
+            f"lead {lead_id} not found", type="LeadNotFound", non_retryable=True
+        )
+    return lead
+
+
+def active_campaigns(session: Session) -> list[tuple[Campaign, CampaignVersion]]:
+    """Active campaigns with their current versions, oldest first."""
+    rows = session.exec(
+        select(Campaign, CampaignVersion)
+        .join(
+            CampaignVersion,
+            sa.and_(
+                col(CampaignVersion.campaign_id) == col(Campaign.id),
+                col(CampaignVersion.version) == col(Campaign.current_version),
+            ),
+        )
+        .where(Campaign.status == "active")
+        .order_by(col(Campaign.created_at))
+    ).all()
+    return [(campaign, version) for campaign, version in rows]
 
 
 class LeadActivities:
@@ -76,50 +111,42 @@ class LeadActivities:
     def plan_enrollments(self, input: PlanEnrollmentsInput) -> EnrollmentPlans:
         """Claim an enrollment in each active campaign whose trigger the lead meets.
 
-        Returns the enrollments to start: the new ones, and live ones that the
-        caller has not started yet (after a retry of this activity). A lead
-        enters each campaign once.
+        Returns the enrollments to start (the new ones, and live ones that the
+        caller has not started yet, after a retry of this activity) and the
+        workflow ids of all the lead's live enrollments.
         """
+        now = input.now or utcnow()
         plans: list[EnrollmentPlan] = []
         with session_scope(self.engine) as session:
-            rows = session.exec(
-                select(Campaign, CampaignVersion)
-                .join(
-                    CampaignVersion,
-                    sa.and_(
-                        col(CampaignVersion.campaign_id) == col(Campaign.id),
-                        col(CampaignVersion.version) == col(Campaign.current_version),
-                    ),
-                )
-                .where(Campaign.status == "active")
-                .order_by(col(Campaign.created_at))
-            ).all()
-            for campaign, version in rows:
+            lead = load_lead(session, input.lead_id)
+            facts = build_facts(session, lead, now)
+            for campaign, version in active_campaigns(session):
                 spec = CampaignSpec.model_validate(version.definition)
-                existing = session.exec(
+                live = session.exec(
                     select(Enrollment).where(
                         Enrollment.campaign_id == campaign.id,
                         Enrollment.lead_id == input.lead_id,
+                        Enrollment.status == "active",
                     )
                 ).first()
-                if existing is not None:
-                    if (
-                        existing.status == "active"
-                        and existing.id not in input.already_started
-                    ):
-                        plans.append(self._plan(existing, spec))
+                if live is not None:
+                    if live.id not in input.already_started:
+                        plans.append(self._plan(live, spec))
                     continue
-                if not spec.trigger.matches(input.score, input.event):
+                if not trigger_matches(
+                    spec.trigger, input.event, input.event_types, facts
+                ):
                     continue
-                enrollment = Enrollment(
-                    campaign_id=campaign.id,
-                    campaign_version=version.version,
-                    lead_id=input.lead_id,
-                    workflow_id=nurture_workflow_id(campaign.id, input.lead_id),
+                if entry_refusal(session, campaign.id, lead.id, spec, now) is not None:
+                    continue
+                enrollment = claim(session, campaign.id, version.version, lead.id, now)
+                if enrollment is not None:
+                    plans.append(self._plan(enrollment, spec))
+            live_ids = session.exec(
+                select(Enrollment.workflow_id).where(
+                    Enrollment.lead_id == input.lead_id, Enrollment.status == "active"
                 )
-                session.add(enrollment)
-                session.flush()
-                plans.append(self._plan(enrollment, spec))
+            ).all()
         for plan in plans:
             logger.info(
                 "lead %s enrolls in campaign %s v%s as %s",
@@ -128,7 +155,7 @@ class LeadActivities:
                 plan.campaign_version,
                 plan.workflow_id,
             )
-        return EnrollmentPlans(plans=plans)
+        return EnrollmentPlans(plans=plans, live_workflow_ids=sorted(set(live_ids)))
 
     def _plan(self, enrollment: Enrollment, spec: CampaignSpec) -> EnrollmentPlan:
         return EnrollmentPlan(
@@ -147,6 +174,7 @@ class LeadActivities:
             if enrollment is None or enrollment.status != "active":
                 return
             enrollment.status = input.status
+            enrollment.goal = input.goal
             enrollment.ended_at = utcnow()
             session.add(enrollment)
 

@@ -1,13 +1,15 @@
 """Message preparation: render a step's template and store it in the outbox."""
 
 import logging
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.leads import load_lead
+from activities.leads import lock_lead
 from nurture.contracts import (
     MessageEngagement,
     MessageEngagementInput,
@@ -16,8 +18,9 @@ from nurture.contracts import (
 )
 from nurture.db import session_scope
 from nurture.leads import LeadPublic
-from nurture.models import Lead, Message
+from nurture.models import Lead, Message, utcnow
 from nurture.rendering import TemplateError, TemplateRenderer
+from nurture.wording import describe_age
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +40,12 @@ class MessagingActivities:
         renderer: TemplateRenderer,
         email_provider: str,
         sms_provider: str,
+        caps: dict[str, list[tuple[int, timedelta]]] | None = None,
     ) -> None:
         self.engine = engine
         self.renderer = renderer
-        self.providers = {"email": email_provider, "sms": sms_provider}
+        self.providers = {"email": email_provider, "sms": sms_provider, "task": "crm"}
+        self.caps = caps or {}
 
     @activity.defn
     def prepare_message(self, input: PrepareMessageInput) -> PreparedMessage:
@@ -48,13 +53,32 @@ class MessagingActivities:
 
         A template that cannot render for this lead is a permanent failure:
         the message is stored as failed with the reason, and the error is
-        non-retryable.
+        non-retryable. Every send passes through here, so this is where the
+        frequency caps are enforced: a capped message is not stored, and the
+        answer says when to try again.
         """
         with session_scope(self.engine) as session:
             existing = session.get(Message, input.message_id)
             if existing is not None:
                 return PreparedMessage(message_id=existing.id, status=existing.status)
-            lead = load_lead(session, input.lead_id)
+            lead = lock_lead(session, input.lead_id)
+            scheduled_at = input.scheduled_at or utcnow()
+            deferral = self._cap_deferral(session, lead.id, input.channel, scheduled_at)
+            if deferral is not None:
+                until, reason = deferral
+                logger.info(
+                    "message %s for lead %s deferred until %s: %s",
+                    input.message_id,
+                    lead.id,
+                    until.isoformat(),
+                    reason,
+                )
+                return PreparedMessage(
+                    message_id=input.message_id,
+                    status="deferred",
+                    deferred_until=until,
+                    deferred_reason=reason,
+                )
             skipped = self._skip_reason(lead, input.channel)
             if skipped is not None:
                 logger.info(
@@ -68,7 +92,9 @@ class MessagingActivities:
                     status="skipped",
                     skipped_reason=skipped,
                 )
-            address = lead.email if input.channel == "email" else lead.phone
+            address = {"email": lead.email, "sms": lead.phone}.get(
+                input.channel, "sales"
+            )
             assert address is not None
             message = Message(
                 id=input.message_id,
@@ -77,6 +103,8 @@ class MessagingActivities:
                 campaign_id=input.campaign_id,
                 campaign_version=input.campaign_version,
                 step=input.step,
+                scheduled_at=scheduled_at,
+                variant=input.variant,
                 channel=input.channel,
                 template=input.template,
                 to_address=address,
@@ -117,6 +145,42 @@ class MessagingActivities:
                 opened=message.opened_at is not None,
                 clicked=message.clicked_at is not None,
             )
+
+    def _cap_deferral(
+        self, session: Session, lead_id: str, channel: str, at: datetime
+    ) -> tuple[datetime, str] | None:
+        """Return when a capped send may go, and why, or None when it may go now."""
+        limits = self.caps.get(channel, [])
+        if not limits:
+            return None
+        longest = max(period for _count, period in limits)
+        times = sorted(
+            time
+            for time in session.exec(
+                select(Message.scheduled_at).where(
+                    Message.lead_id == lead_id,
+                    Message.channel == channel,
+                    col(Message.status).not_in(("failed",)),
+                    col(Message.scheduled_at) > at - longest,
+                    col(Message.scheduled_at) <= at,
+                )
+            ).all()
+            if time is not None
+        )
+        until: datetime | None = None
+        reason = ""
+        for count, period in limits:
+            recent = [t for t in times if t is not None and t > at - period]
+            if len(recent) >= count:
+                # The send may go once enough of these fall out of the window.
+                candidate = recent[len(recent) - count] + period
+                if until is None or candidate > until:
+                    until = candidate
+                    reason = (
+                        f"frequency cap: at most {count} {channel} per "
+                        f"{describe_age(period)}"
+                    )
+        return (until, reason) if until is not None else None
 
     def _skip_reason(self, lead: Lead, channel: str) -> str | None:
         if lead.status == "closed":

@@ -13,6 +13,7 @@ from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
 
+import httpx
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
 from sendgrid.helpers.mail import Category, CustomArg, Mail
@@ -184,6 +185,52 @@ class TwilioSmsSender:
                 f"Twilio unreachable: {error}", permanent=False
             ) from None
         return str(created.sid)
+
+
+class TaskSender(Protocol):
+    name: str
+
+    def send(self, message: Outgoing) -> str:
+        """Hand a sales task over and return its id."""
+        ...
+
+
+class CrmTaskSender:
+    """Creates sales tasks in the CRM by a POST to CRM_WEBHOOK_URL.
+
+    Without a URL the task only lives in nurture, where the journey view
+    shows it to sales reps.
+    """
+
+    def __init__(self, crm_url: str) -> None:
+        self.name = "crm" if crm_url else "internal"
+        self.crm_url = crm_url
+
+    def send(self, message: Outgoing) -> str:
+        if not self.crm_url:
+            return f"task-{message.message_id}"
+        payload = {
+            "type": "task",
+            "taskId": message.message_id,
+            "leadId": message.lead_id,
+            "campaignId": message.campaign_id,
+            "title": message.subject,
+            "description": message.text,
+        }
+        try:
+            response = httpx.post(
+                self.crm_url, json=payload, timeout=PROVIDER_TIMEOUT_SECONDS
+            )
+        except httpx.HTTPError as error:
+            raise ProviderError(f"CRM unreachable: {error}", permanent=False) from None
+        if response.status_code >= 400:
+            raise ProviderError(
+                f"CRM returned HTTP {response.status_code}: {response.text[:300]}",
+                permanent=_is_permanent_status(response.status_code),
+                status=response.status_code,
+                retry_after_seconds=_retry_after(response.headers),
+            )
+        return f"task-{message.message_id}"
 
 
 class ConsoleEmailSender:

@@ -12,7 +12,16 @@ from temporalio.client import Client
 
 from api.deps import TemporalGateway, check_api_key
 from api.errors import ApiError, error_response, install_error_handlers
-from api.routes import campaigns, events, health, journey, leads, scoring, webhooks
+from api.routes import (
+    campaigns,
+    events,
+    health,
+    journey,
+    leads,
+    lifecycle,
+    scoring,
+    webhooks,
+)
 from api.workflow_calls import reconcile_forever
 from nurture.config import Settings, get_settings
 from nurture.db import create_db_engine, migrate
@@ -77,7 +86,16 @@ def create_app(
                 return error_response(error)
         return await call_next(request)
 
-    for module in (health, leads, journey, scoring, campaigns, events, webhooks):
+    for module in (
+        health,
+        leads,
+        journey,
+        scoring,
+        campaigns,
+        lifecycle,
+        events,
+        webhooks,
+    ):
         app.include_router(module.router)
     return app
 

@@ -1,10 +1,11 @@
 """Settings for the API, the worker and the dev launcher, read from the environment."""
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +51,16 @@ class Settings(BaseSettings):
     crm_webhook_url: str = ""
     templates_dir: Path = PROJECT_ROOT / "templates"
     default_phone_region: str = "US"
+    default_timezone: str = Field(
+        "UTC", description="Time zone of leads whose zone cannot be worked out."
+    )
+    frequency_caps: str = Field(
+        "email=1/day,3/week;sms=1/day,3/week",
+        description=(
+            "Most messages per lead and channel across all campaigns, as "
+            "CHANNEL=COUNT/PERIOD,...; PERIOD is hour, day or week; empty: no caps."
+        ),
+    )
     mql_threshold: int = Field(70, ge=0, le=100)
     send_rate_per_second: float = Field(
         10.0, gt=0, description="Provider calls per second across all send workers."
@@ -77,10 +88,49 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("frequency_caps")
+    @classmethod
+    def _check_caps(cls, value: str) -> str:
+        parse_frequency_caps(value)
+        return value
+
+    @property
+    def caps(self) -> dict[str, list[tuple[int, timedelta]]]:
+        return parse_frequency_caps(self.frequency_caps)
+
     @property
     def send_task_queue(self) -> str:
         """Task queue of the provider calls, rate limited across all its workers."""
         return f"{self.task_queue}-send"
+
+
+_PERIODS = {
+    "hour": timedelta(hours=1),
+    "day": timedelta(days=1),
+    "week": timedelta(weeks=1),
+}
+
+
+def parse_frequency_caps(text: str) -> dict[str, list[tuple[int, timedelta]]]:
+    """Parse "email=1/day,3/week;sms=1/day" into {"email": [(1, 1 day), ...]}."""
+    caps: dict[str, list[tuple[int, timedelta]]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        channel, _, limits = part.partition("=")
+        entries = []
+        for limit in filter(None, (x.strip() for x in limits.split(","))):
+            count, _, period = limit.partition("/")
+            if not count.strip().isdigit() or period.strip() not in _PERIODS:
+                raise ValueError(
+                    f"invalid frequency cap {limit!r} for {channel.strip()!r}: "
+                    "write COUNT/PERIOD with PERIOD hour, day or week, e.g. 3/week"
+                )
+            entries.append((int(count), _PERIODS[period.strip()]))
+        if not channel.strip() or not entries:
+            raise ValueError(
+                f"invalid frequency caps {part!r}: write CHANNEL=COUNT/PERIOD,..."
+            )
+        caps[channel.strip()] = entries
+    return caps
 
 
 @lru_cache

@@ -8,9 +8,9 @@ compatible.
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from nurture.campaigns import CampaignSpec
+from nurture.campaigns import CampaignSpec, LocalTime, SendRules
 from nurture.scoring import DimensionScore, Reason
 
 
@@ -20,6 +20,7 @@ class BehaviorSignal(BaseModel):
     event_id: str | None = None
     type: str
     message_id: str | None = None
+    url: str | None = None
 
 
 class EngagementSignal(BaseModel):
@@ -28,6 +29,27 @@ class EngagementSignal(BaseModel):
     message_id: str
     type: str
     occurred_at: datetime | None = None
+    url: str | None = None
+
+
+class LeadEventSignal(BaseModel):
+    """Something the lead did or became, forwarded to its live enrollments."""
+
+    type: str
+    stage: str | None = None
+    message_id: str | None = None
+    url: str | None = None
+
+
+class PauseSignal(BaseModel):
+    paused: bool
+
+
+class MigrateSignal(BaseModel):
+    """Move an enrollment to a newer campaign version at its next step."""
+
+    campaign_version: int
+    campaign: CampaignSpec
 
 
 class ScoreSnapshot(BaseModel):
@@ -48,6 +70,8 @@ class LeadState(BaseModel):
     last_event_type: str | None = None
     last_event_at: datetime | None = None
     started_enrollments: list[str] = Field(default_factory=list)
+    # Workflow ids of the lead's live enrollments, which its events are sent to.
+    live_enrollments: list[str] = Field(default_factory=list)
 
 
 class LeadWorkflowInput(BaseModel):
@@ -71,6 +95,8 @@ class PlanEnrollmentsInput(BaseModel):
     score: int
     event: Literal["created", "behavior"]
     already_started: list[str] = Field(default_factory=list)
+    event_types: list[str] = Field(default_factory=list)
+    now: datetime | None = None
 
 
 class EnrollmentPlan(BaseModel):
@@ -84,6 +110,7 @@ class EnrollmentPlan(BaseModel):
 
 class EnrollmentPlans(BaseModel):
     plans: list[EnrollmentPlan] = Field(default_factory=list)
+    live_workflow_ids: list[str] = Field(default_factory=list)
 
 
 class NurtureInput(BaseModel):
@@ -96,11 +123,14 @@ class NurtureInput(BaseModel):
     campaign: CampaignSpec
 
 
-StepStatus = Literal["sent", "skipped", "failed"]
+StepStatus = Literal["sent", "skipped", "failed", "waited", "branched", "exited"]
 
 
 class StepRecord(BaseModel):
-    step: int
+    # Runs of the first release recorded step numbers; read them as ids.
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
+    step: str
     status: StepStatus
     message_id: str | None = None
     at: datetime
@@ -110,14 +140,21 @@ class StepRecord(BaseModel):
 class NurtureState(BaseModel):
     """The live state of one enrollment, as its query returns it."""
 
+    model_config = ConfigDict(coerce_numbers_to_str=True)
+
     enrollment_id: str
     lead_id: str
     campaign_id: str
     campaign_version: int
-    status: Literal["active", "completed", "failed"] = "active"
-    current_step: int | None = None
-    next_step: int | None = None
+    status: Literal["active", "completed", "converted", "archived", "failed"] = "active"
+    current_step: str | None = None
+    next_step: str | None = None
     next_step_due_at: datetime | None = None
+    # Why the enrollment is waiting: a delay, quiet hours, a frequency cap...
+    waiting_reason: str | None = None
+    paused: bool = False
+    goal: str | None = None
+    variants: dict[str, str] = Field(default_factory=dict)
     steps: list[StepRecord] = Field(default_factory=list)
     opened_message_ids: list[str] = Field(default_factory=list)
     clicked_message_ids: list[str] = Field(default_factory=list)
@@ -125,6 +162,9 @@ class NurtureState(BaseModel):
 
 class PrepareMessageInput(BaseModel):
     message_id: str
+    # The workflow's clock when the send was due, used for frequency caps.
+    scheduled_at: datetime | None = None
+    variant: str | None = None
     lead_id: str
     enrollment_id: str | None = None
     campaign_id: str | None = None
@@ -139,6 +179,38 @@ class PreparedMessage(BaseModel):
     message_id: str
     status: str
     skipped_reason: str | None = None
+    # Set when a frequency cap holds the send back: try again at this time.
+    deferred_until: datetime | None = None
+    deferred_reason: str | None = None
+
+
+class EvaluateConditionInput(BaseModel):
+    lead_id: str
+    condition: str
+    enrollment_id: str | None = None
+    previous_message_id: str | None = None
+    now: datetime
+
+
+class PlanSendInput(BaseModel):
+    lead_id: str
+    campaign_id: str
+    channel: str
+    send_rules: SendRules = Field(default_factory=SendRules)
+    earliest: datetime
+
+
+class PlannedSend(BaseModel):
+    send_at: datetime
+    reason: str | None = None
+    campaign_status: str = "active"
+
+
+class LocalTimeInput(BaseModel):
+    lead_id: str
+    after: datetime
+    until: LocalTime
+    timezone: str | None = None
 
 
 class DeliverMessageInput(BaseModel):
@@ -162,7 +234,13 @@ class MessageEngagement(BaseModel):
 
 class EndEnrollmentInput(BaseModel):
     enrollment_id: str
-    status: Literal["completed", "failed"]
+    status: Literal["completed", "converted", "archived", "failed"]
+    goal: str | None = None
+
+
+class RecordMigrationInput(BaseModel):
+    enrollment_id: str
+    campaign_version: int
 
 
 class CrmSyncInput(BaseModel):

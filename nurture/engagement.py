@@ -52,6 +52,7 @@ class StoredEvent:
     message_id: str | None
     enrollment_workflow_id: str | None
     duplicate: bool
+    url: str | None = None
 
 
 def advance_status(message: Message, new_status: str, at: datetime) -> bool:
@@ -151,6 +152,7 @@ def store_sendgrid_event(session: Session, event: dict[str, Any]) -> StoredEvent
     if message is not None and message.enrollment_id:
         enrollment = session.get(Enrollment, message.enrollment_id)
         workflow_id = enrollment.workflow_id if enrollment else None
+    url = event.get("url") if isinstance(event.get("url"), str) else None
     return StoredEvent(
-        stored.id, event_type, lead_id, stored.message_id, workflow_id, False
+        stored.id, event_type, lead_id, stored.message_id, workflow_id, False, url
     )

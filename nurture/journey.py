@@ -10,7 +10,7 @@ RECENT = timedelta(days=7)
 
 
 class StepView(CamelModel):
-    step: int
+    step: str
     status: str
     message_id: str | None = None
     # The message's own status (delivered, opened, ...), from the outbox.
@@ -26,8 +26,8 @@ class EnrollmentView(CamelModel):
     campaign_name: str
     version: int
     status: str
-    current_step: int | None = None
-    next_step: int | None = None
+    current_step: str | None = None
+    next_step: str | None = None
     next_step_due_at: datetime | None = None
     steps: list[StepView] = []
     live: bool = False

@@ -11,6 +11,7 @@ from sqlmodel import Session, col, select
 from nurture.config import get_settings
 from nurture.models import AuditEntry, EngagementEvent, Lead, utcnow
 from nurture.schemas import CamelModel, StrictCamelModel
+from nurture.sendtime import validate_timezone
 
 MAX_TEXT = 255
 
@@ -57,8 +58,16 @@ class ContactIn(StrictCamelModel):
     last_name: str | None = Field(None, max_length=MAX_TEXT)
     email: str | None = Field(None, max_length=MAX_TEXT)
     phone: str | None = Field(None, max_length=40)
+    timezone: str | None = Field(
+        None, max_length=64, description="IANA time zone, e.g. Europe/Berlin."
+    )
 
     _strip = field_validator("*", mode="before")(_strip)
+
+    @field_validator("timezone")
+    @classmethod
+    def _check_timezone(cls, value: str | None) -> str | None:
+        return validate_timezone(value) if value else None
 
     @field_validator("email")
     @classmethod
@@ -79,6 +88,9 @@ class CompanyIn(StrictCamelModel):
     size: str | None = Field(None, max_length=64)
     revenue: str | None = Field(None, max_length=64)
     website: str | None = Field(None, max_length=MAX_TEXT)
+    country: str | None = Field(
+        None, max_length=64, description='ISO 3166 code or name, e.g. "DE".'
+    )
 
     _strip = field_validator("*", mode="before")(_strip)
 
@@ -140,6 +152,8 @@ FORM_FIELDS: dict[str, tuple[str, str]] = {
     "company_size": ("company", "size"),
     "revenue": ("company", "revenue"),
     "website": ("company", "website"),
+    "country": ("company", "country"),
+    "timezone": ("contact", "timezone"),
     "utm_source": ("source", "channel"),
     "utm_campaign": ("source", "campaign"),
     "utm_medium": ("source", "medium"),
@@ -174,6 +188,7 @@ def _columns_from(
         columns |= {
             "first_name": contact.first_name,
             "last_name": contact.last_name,
+            "timezone": contact.timezone,
         }
         if contact.email:
             columns["email"] = contact.email
@@ -191,6 +206,7 @@ def _columns_from(
             "company_size": company.size,
             "company_revenue": company.revenue,
             "company_website": company.website,
+            "company_country": company.country,
         }
     if source is not None:
         columns |= {
@@ -298,6 +314,7 @@ class ContactOut(CamelModel):
     email: str | None
     phone: str | None
     phone_status: str | None
+    timezone: str | None
 
 
 class CompanyOut(CamelModel):
@@ -306,6 +323,7 @@ class CompanyOut(CamelModel):
     size: str | None
     revenue: str | None
     website: str | None
+    country: str | None
 
 
 class SourceOut(CamelModel):
@@ -341,6 +359,7 @@ class LeadPublic(CamelModel):
                 email=lead.email,
                 phone=lead.phone,
                 phone_status=lead.phone_status,
+                timezone=lead.timezone,
             ),
             company=CompanyOut(
                 name=lead.company_name,
@@ -348,6 +367,7 @@ class LeadPublic(CamelModel):
                 size=lead.company_size,
                 revenue=lead.company_revenue,
                 website=lead.company_website,
+                country=lead.company_country,
             ),
             source=SourceOut(
                 channel=lead.source_channel,

@@ -64,12 +64,15 @@ class Lead(SQLModel, table=True):
     phone: str | None = Field(default=None, index=True)
     # "valid", or "unverified" when the number parses but no carrier serves it.
     phone_status: str | None = None
+    # IANA time zone for sends in the lead's local time, when the lead gave one.
+    timezone: str | None = None
 
     company_name: str | None = None
     company_industry: str | None = None
     company_size: str | None = None
     company_revenue: str | None = None
     company_website: str | None = None
+    company_country: str | None = None
 
     source_channel: str | None = Field(default=None, index=True)
     source_campaign: str | None = None
@@ -136,6 +139,8 @@ class Enrollment(SQLModel, table=True):
     status: str = "active"
     enrolled_at: datetime = _timestamp()
     ended_at: datetime | None = _optional_timestamp()
+    # The goal that ended the enrollment, when one did.
+    goal: str | None = None
 
 
 class Message(SQLModel, table=True):
@@ -156,11 +161,15 @@ class Message(SQLModel, table=True):
     body: str
     html: str | None = None
     status: str = Field(default="queued", index=True)
+    variant: str | None = None
     provider: str
     provider_message_id: str | None = Field(default=None, index=True)
     error: str | None = None
     created_at: datetime = _timestamp()
     updated_at: datetime = _timestamp()
+    # When the workflow scheduled the send, on its own clock; frequency caps
+    # count messages by this time.
+    scheduled_at: datetime | None = _optional_timestamp(index=True)
     sent_at: datetime | None = _optional_timestamp()
     delivered_at: datetime | None = _optional_timestamp()
     opened_at: datetime | None = _optional_timestamp()

@@ -1,9 +1,11 @@
 """Jinja2 rendering of message templates.
 
 A template is a folder. `templates/email/<name>/` contains `subject.txt`,
-`body.txt` and an optional `body.html`, and `templates/sms/<name>/` contains
-`body.txt`. Undefined values raise, so a missing first name is an error or a
-declared fallback (`{{ lead.firstName | default("there") }}`), never a blank.
+`body.txt` and an optional `body.html`, `templates/sms/<name>/` contains
+`body.txt`, and `templates/task/<name>/` a sales task's title (`subject.txt`)
+and description (`body.txt`). Undefined values raise, so a missing first
+name is an error or a declared fallback
+(`{{ lead.firstName | default("there") }}`), never a blank.
 """
 
 from dataclasses import dataclass
@@ -13,7 +15,12 @@ from typing import Any
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
 
-REQUIRED_FILES = {"email": ("subject.txt", "body.txt"), "sms": ("body.txt",)}
+# A sales task's subject.txt is its title and body.txt its description.
+REQUIRED_FILES = {
+    "email": ("subject.txt", "body.txt"),
+    "sms": ("body.txt",),
+    "task": ("subject.txt", "body.txt"),
+}
 
 
 class TemplateError(ValueError):
@@ -91,7 +98,7 @@ class TemplateRenderer:
             text = self.env.get_template(f"{folder}/body.txt").render(context)
             subject = None
             html = None
-            if channel == "email":
+            if channel in ("email", "task"):
                 subject = self.env.get_template(f"{folder}/subject.txt").render(context)
                 subject = " ".join(subject.split())
                 if (self.root / folder / "body.html").is_file():

@@ -7,7 +7,7 @@ from temporalio.service import RPCError
 from temporalio.testing import ActivityEnvironment
 
 from activities.delivery import DeliveryActivities
-from activities.providers import SendGridEmailSender, TwilioSmsSender
+from activities.providers import CrmTaskSender, SendGridEmailSender, TwilioSmsSender
 from nurture.contracts import DeliverMessageInput
 from nurture.db import session_scope
 from nurture.models import Message
@@ -109,6 +109,7 @@ async def test_delivery_twice_calls_provider_once(stack: Stack) -> None:
         TwilioSmsSender(
             "AC" + "0" * 32, "token", "+15005550006", stack.sendgrid.url, None
         ),
+        CrmTaskSender(""),
     )
 
     again = ActivityEnvironment().run(

@@ -150,7 +150,7 @@ async def test_lead_that_never_opens_gets_one_email(stack: Stack) -> None:
     result = await handle.result()
 
     assert [s.status for s in result.steps] == ["sent", "skipped"]
-    assert result.steps[1].detail == "condition emailOpened=true not met"
+    assert result.steps[1].detail == 'condition not met: opened("previous")'
     await record_history(handle, "nurture-never-opened")
     assert len(stack.sendgrid.mails()) == 1
 

@@ -45,7 +45,7 @@ async def test_journey_shows_next_step_and_action(stack: Stack) -> None:
             await stack.api.get(f"/api/v1/leads/{lead_id}/journey")
         ).json()
         enrollments = body["enrollments"]
-        if enrollments and enrollments[0]["nextStep"] == 2:
+        if enrollments and enrollments[0]["nextStep"] == "2":
             return body
         return None
 
@@ -59,7 +59,7 @@ async def test_journey_shows_next_step_and_action(stack: Stack) -> None:
     assert enrollment["campaignName"] == "SME Onboarding Sequence"
     assert enrollment["version"] == 1
     assert enrollment["status"] == "active"
-    assert enrollment["currentStep"] == 1
+    assert enrollment["currentStep"] == "1"
     assert enrollment["live"] is True
     assert [s["status"] for s in enrollment["steps"]] == ["sent"]
     due = datetime.fromisoformat(enrollment["nextStepDueAt"])

@@ -4,7 +4,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from activities.leads import LeadActivities
@@ -13,6 +13,7 @@ with workflow.unsafe.imports_passed_through():
         CrmSyncInput,
         EnrichLeadInput,
         EnrollmentPlan,
+        LeadEventSignal,
         LeadState,
         LeadWorkflowInput,
         NurtureInput,
@@ -23,6 +24,10 @@ with workflow.unsafe.imports_passed_through():
     from nurture.temporal import CAMPAIGN_ID, LEAD_ID, LEAD_SCORE, LEAD_STAGE
     from workflows.nurture import NurtureWorkflow
 
+# Workflows started before this marker did not forward events to enrollments.
+ROUTE_EVENTS_PATCH = "route-lead-events"
+# Signals that are bookkeeping, not something the lead did.
+INTERNAL_SIGNALS = frozenset({"resync", "lead_updated"})
 DATABASE_ACTIVITY_TIMEOUT = timedelta(seconds=30)
 DATABASE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
@@ -100,9 +105,11 @@ class LeadWorkflow:
         self._state.events_seen += len(batch)
         self._state.last_event_type = batch[-1].type
         self._state.last_event_at = workflow.now()
-        await self._rescore_and_enroll("behavior")
+        await self._rescore_and_enroll("behavior", batch)
 
-    async def _rescore_and_enroll(self, event: str) -> None:
+    async def _rescore_and_enroll(
+        self, event: str, batch: list[BehaviorSignal] | None = None
+    ) -> None:
         previous_stage = self._state.current.stage
         snapshot = await workflow.execute_activity_method(
             LeadActivities.score_lead,
@@ -116,7 +123,10 @@ class LeadWorkflow:
         )
         if snapshot.stage != previous_stage:
             await self._sync_to_crm(snapshot, previous_stage)
-        await self._enroll(snapshot, event)
+        await self._enroll(snapshot, event, batch or [])
+        if workflow.patched(ROUTE_EVENTS_PATCH):
+            stage = snapshot.stage if snapshot.stage != previous_stage else None
+            await self._forward(batch or [], stage)
 
     async def _sync_to_crm(self, snapshot: ScoreSnapshot, previous_stage: str) -> None:
         await workflow.execute_activity_method(
@@ -129,7 +139,9 @@ class LeadWorkflow:
             retry_policy=CRM_RETRY,
         )
 
-    async def _enroll(self, snapshot: ScoreSnapshot, event: str) -> None:
+    async def _enroll(
+        self, snapshot: ScoreSnapshot, event: str, batch: list[BehaviorSignal]
+    ) -> None:
         result = await workflow.execute_activity_method(
             LeadActivities.plan_enrollments,
             PlanEnrollmentsInput(
@@ -137,12 +149,42 @@ class LeadWorkflow:
                 score=snapshot.score,
                 event="created" if event == "created" else "behavior",
                 already_started=self._state.started_enrollments,
+                event_types=sorted({signal.type for signal in batch}),
+                now=workflow.now(),
             ),
             start_to_close_timeout=DATABASE_ACTIVITY_TIMEOUT,
             retry_policy=DATABASE_RETRY,
         )
         for plan in result.plans:
             await self._start_enrollment(plan)
+        self._state.live_enrollments = result.live_workflow_ids
+
+    async def _forward(self, batch: list[BehaviorSignal], stage: str | None) -> None:
+        """Send the lead's events and stage change to each of its live enrollments.
+
+        Goals and wait-for-event steps react to them. This path is durable:
+        a signal from a workflow is retried by Temporal, unlike one from the API.
+        """
+        events = [
+            LeadEventSignal(
+                type=signal.type, message_id=signal.message_id, url=signal.url
+            )
+            for signal in batch
+            if signal.type not in INTERNAL_SIGNALS
+        ]
+        if stage is not None:
+            events.append(LeadEventSignal(type="stage_changed", stage=stage))
+        if not events:
+            return
+        for workflow_id in self._state.live_enrollments:
+            handle = workflow.get_external_workflow_handle(workflow_id)
+            try:
+                for event in events:
+                    await handle.signal(NurtureWorkflow.lead_event, event)
+            except FailureError as error:
+                workflow.logger.info(
+                    "enrollment %s not signalled: %s", workflow_id, error.message
+                )
 
     async def _start_enrollment(self, plan: EnrollmentPlan) -> None:
         try:

@@ -1,56 +1,84 @@
 """The nurture workflow: one enrollment of a lead in a campaign version.
 
-Id `nurture-<campaign id>-<lead id>`. Each step waits its delay on a durable
-timer, checks its conditions against the engagement signals received so far,
-then renders and sends its message.
+Id `nurture-<campaign id>-<lead id>`. It walks the campaign's steps: each
+wait is a durable timer, each condition is evaluated by an activity against
+the stored facts, each send is planned in the lead's time zone, capped, and
+sent through the outbox. Reaching a goal, or the campaign being archived,
+ends it wherever it waits; pausing holds its sends.
 """
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Literal
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.delivery import DeliveryActivities
+    from activities.journeys import JourneyActivities
     from activities.leads import LeadActivities
     from activities.messaging import MessagingActivities
-    from nurture.campaigns import Step
+    from nurture.campaigns import (
+        BranchStep,
+        CampaignSpec,
+        ExitStep,
+        SendStep,
+        SplitStep,
+        WaitForEventStep,
+        WaitStep,
+    )
     from nurture.contracts import (
         DeliverMessageInput,
         EndEnrollmentInput,
         EngagementSignal,
-        MessageEngagementInput,
+        EvaluateConditionInput,
+        LeadEventSignal,
+        LocalTimeInput,
+        MigrateSignal,
         NurtureInput,
         NurtureState,
+        PauseSignal,
+        PlanSendInput,
         PrepareMessageInput,
+        RecordMigrationInput,
         StepRecord,
         StepStatus,
     )
+    from nurture.durations import parse_duration
+    from nurture.scoring import STAGES
     from nurture.temporal import CAMPAIGN_STEP
+    from workflows.nurture_legacy import LegacySequence
+    from workflows.policies import (
+        DATABASE_RETRY,
+        DATABASE_TIMEOUT,
+        DELIVER_RETRY,
+        DELIVER_SCHEDULE_TO_CLOSE,
+        DELIVER_START_TO_CLOSE,
+        END_TIMEOUT,
+        PREPARE_RETRY,
+        PREPARE_TIMEOUT,
+    )
 
-PREPARE_TIMEOUT = timedelta(seconds=30)
-PREPARE_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(minutes=1),
-    non_retryable_error_types=["TemplateError", "LeadNotFound"],
-)
-# A provider outage of hours delays a send; only a day without success fails it.
-DELIVER_START_TO_CLOSE = timedelta(seconds=60)
-DELIVER_SCHEDULE_TO_CLOSE = timedelta(days=1)
-DELIVER_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=5),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(minutes=10),
-)
-END_TIMEOUT = timedelta(seconds=30)
-
+# Workflows started before this marker ran the plain list of sends.
+JOURNEY_PATCH = "journey-language"
 OPEN_EVENTS = frozenset({"open", "click"})
 CLICK_EVENTS = frozenset({"click"})
+# A paused campaign is re-checked this often in case a resume signal was lost.
+PAUSE_RECHECK = timedelta(hours=1)
+# Deferrals (quiet hours, caps, a paused campaign) re-plan at most this often
+# in a row before the step fails, so a misconfiguration cannot spin forever.
+MAX_DEFERRALS = 50
+
+Successor = str | None
+EnrollmentStatus = Literal["completed", "converted", "archived"]
+
+
+class Stop(Exception):
+    """Raised inside the journey when a goal, archiving or an exit ends it."""
 
 
 @workflow.defn
-class NurtureWorkflow:
+class NurtureWorkflow(LegacySequence):
     @workflow.init
     def __init__(self, input: NurtureInput) -> None:
         self._state = NurtureState(
@@ -61,26 +89,42 @@ class NurtureWorkflow:
         )
         self._opened: set[str] = set()
         self._clicked: set[str] = set()
+        self._spec: CampaignSpec = input.campaign
+        self._events: list[LeadEventSignal] = []
+        self._paused = False
+        self._archived = False
+        self._migration: MigrateSignal | None = None
 
     @workflow.run
     async def run(self, input: NurtureInput) -> NurtureState:
-        previous_message_id: str | None = None
-        for step in input.campaign.sequence:
-            await self._wait_for(step)
-            workflow.upsert_search_attributes([CAMPAIGN_STEP.value_set(step.step)])
-            skip_reason = await self._unmet_condition(step, previous_message_id)
-            if skip_reason is not None:
-                self._record(step, "skipped", None, skip_reason)
-                previous_message_id = None
-                continue
-            previous_message_id = await self._send(input, step)
-        self._state.status = "completed"
+        if not workflow.patched(JOURNEY_PATCH):
+            return await self._run_legacy(input)
+        status: EnrollmentStatus = "completed"
+        try:
+            await self._walk(input)
+        except Stop:
+            pass
+        if self._state.goal is not None:
+            status = "converted"
+        elif self._archived:
+            status = "archived"
+        self._state.status = status
+        self._state.next_step = None
+        self._state.next_step_due_at = None
+        self._state.waiting_reason = None
         await workflow.execute_activity_method(
             LeadActivities.end_enrollment,
-            EndEnrollmentInput(enrollment_id=input.enrollment_id, status="completed"),
+            EndEnrollmentInput(
+                enrollment_id=input.enrollment_id,
+                status=status,
+                goal=self._state.goal,
+            ),
             start_to_close_timeout=END_TIMEOUT,
+            retry_policy=DATABASE_RETRY,
         )
         return self._state
+
+    # Signals and the query.
 
     @workflow.signal
     def engagement(self, signal: EngagementSignal) -> None:
@@ -91,56 +135,313 @@ class NurtureWorkflow:
             self._clicked.add(signal.message_id)
         self._state.opened_message_ids = sorted(self._opened)
         self._state.clicked_message_ids = sorted(self._clicked)
+        self._events.append(
+            LeadEventSignal(
+                type=signal.type, message_id=signal.message_id, url=signal.url
+            )
+        )
+
+    @workflow.signal
+    def lead_event(self, signal: LeadEventSignal) -> None:
+        """Take an event of the lead's; a goal it meets ends the enrollment."""
+        self._events.append(signal)
+        for goal in self._spec.goals:
+            if goal.event is not None and goal.event == signal.type:
+                self._state.goal = self._state.goal or goal.name
+            if goal.stage is not None and _stage_reached(signal.stage, goal.stage):
+                self._state.goal = self._state.goal or goal.name
+
+    @workflow.signal
+    def set_paused(self, signal: PauseSignal) -> None:
+        """Hold (or release) every send of this enrollment."""
+        self._paused = signal.paused
+        self._state.paused = signal.paused
+
+    @workflow.signal
+    def archive(self) -> None:
+        """End the enrollment: its campaign was archived."""
+        self._archived = True
+
+    @workflow.signal
+    def migrate(self, signal: MigrateSignal) -> None:
+        """Move to a newer campaign version at the next step boundary."""
+        self._migration = signal
 
     @workflow.query
     def state(self) -> NurtureState:
         return self._state
 
-    async def _wait_for(self, step: Step) -> None:
-        delay = step.delay_timedelta
-        self._state.next_step = step.step
-        self._state.next_step_due_at = workflow.now() + delay
-        if delay > timedelta(0):
-            await workflow.sleep(delay, summary=f"step {step.step}: wait {step.delay}")
-        self._state.current_step = step.step
+    # The journey.
+
+    async def _walk(self, input: NurtureInput) -> None:
+        current: Successor = self._spec.step_ids()[0]
+        previous_message: str | None = None
+        while current is not None:
+            self._check_stop()
+            index = self._spec.step_ids().index(current)
+            step = self._spec.sequence[index]
+            if not isinstance(step, SendStep):
+                self._enter(current, index)
+            following = self._spec.following(index)
+            if isinstance(step, SendStep):
+                message = await self._send_step(input, step, current, index)
+                if message is not None:
+                    previous_message = message
+                successor = step.next or following
+            elif isinstance(step, WaitStep):
+                await self._wait_step(input, step, current)
+                successor = step.next or following
+            elif isinstance(step, WaitForEventStep):
+                happened = await self._wait_for_event(step, current)
+                chosen = step.on_event if happened else step.on_timeout
+                successor = chosen or following
+            elif isinstance(step, BranchStep):
+                holds = await self._evaluate(input, step.condition, previous_message)
+                self._record(current, "branched", None, "then" if holds else "else")
+                successor = (step.then if holds else step.else_) or following
+            elif isinstance(step, SplitStep):
+                variant = step.choose(f"{input.lead_id}:{input.campaign_id}:{current}")
+                self._state.variants[current] = variant.name
+                self._record(current, "branched", None, f"variant {variant.name}")
+                successor = variant.next or following
+            else:
+                assert isinstance(step, ExitStep)
+                self._record(current, "exited", None, None)
+                raise Stop
+            current = await self._apply_migration(input, current, successor)
+
+    async def _apply_migration(
+        self, input: NurtureInput, current: str, successor: Successor
+    ) -> Successor:
+        """Switch to a pending newer version, continuing after the same step."""
+        migration, self._migration = self._migration, None
+        if migration is None:
+            return successor
+        spec = migration.campaign
+        ids = spec.step_ids()
+        if current not in ids:
+            workflow.logger.warning(
+                "enrollment %s: step %s is not in version %s; migration skipped",
+                input.enrollment_id,
+                current,
+                migration.campaign_version,
+            )
+            return successor
+        self._spec = spec
+        self._state.campaign_version = migration.campaign_version
+        await workflow.execute_activity_method(
+            JourneyActivities.record_migration,
+            RecordMigrationInput(
+                enrollment_id=input.enrollment_id,
+                campaign_version=migration.campaign_version,
+            ),
+            start_to_close_timeout=DATABASE_TIMEOUT,
+            retry_policy=DATABASE_RETRY,
+        )
+        step = spec.steps_by_id()[current]
+        index = ids.index(current)
+        # Continue from where the new version goes after this step.
+        if isinstance(step, (SendStep, WaitStep)):
+            return step.next or spec.following(index)
+        return successor if successor in ids else spec.following(index)
+
+    def _enter(self, current: str, index: int) -> None:
+        """Make a step the current one, for the journey view and operators."""
+        self._state.current_step = current
+        workflow.upsert_search_attributes([CAMPAIGN_STEP.value_set(index + 1)])
+
+    def _check_stop(self) -> None:
+        if self._state.goal is not None or self._archived:
+            raise Stop
+
+    async def _sleep_until(self, until: datetime, step: str, reason: str) -> None:
+        """Wait until an instant, ending early when a goal or archiving stops us."""
+        self._state.next_step = step
+        self._state.next_step_due_at = until
+        self._state.waiting_reason = reason
+        remaining = until - workflow.now()
+        if remaining > timedelta(0):
+            try:
+                await workflow.wait_condition(
+                    lambda: self._state.goal is not None or self._archived,
+                    timeout=remaining,
+                    timeout_summary=f"step {step}: {reason}",
+                )
+            except TimeoutError:
+                pass
         self._state.next_step = None
         self._state.next_step_due_at = None
+        self._state.waiting_reason = None
+        self._check_stop()
 
-    async def _unmet_condition(
-        self, step: Step, previous_message_id: str | None
-    ) -> str | None:
-        """Return why a step's conditions are not met, or None when they are."""
-        conditions = step.conditions
-        if conditions is None:
-            return None
-        if previous_message_id is not None and not (
-            previous_message_id in self._opened and previous_message_id in self._clicked
-        ):
-            # A signal may have been lost while Temporal was unreachable; the
-            # stored events are the record, so read them before deciding.
-            stored = await workflow.execute_activity_method(
-                MessagingActivities.read_message_engagement,
-                MessageEngagementInput(message_id=previous_message_id),
-                start_to_close_timeout=PREPARE_TIMEOUT,
+    async def _wait_step(
+        self, input: NurtureInput, step: WaitStep, current: str
+    ) -> None:
+        if step.duration is not None:
+            until = workflow.now() + parse_duration(step.duration)
+            reason = f"wait {step.duration}"
+        else:
+            assert step.until is not None
+            until = await workflow.execute_activity_method(
+                JourneyActivities.next_local_time,
+                LocalTimeInput(
+                    lead_id=input.lead_id,
+                    after=workflow.now(),
+                    until=step.until,
+                    timezone=self._spec.send_rules.timezone,
+                ),
+                start_to_close_timeout=DATABASE_TIMEOUT,
+                retry_policy=DATABASE_RETRY,
             )
-            if stored.opened or stored.clicked:
-                self._opened.add(previous_message_id)
-            if stored.clicked:
-                self._clicked.add(previous_message_id)
-        checks = (
-            ("emailOpened", conditions.email_opened, self._opened),
-            ("emailClicked", conditions.email_clicked, self._clicked),
+            days = ", ".join(step.until.days)
+            reason = f"wait until {step.until.time:%H:%M} local time on {days}"
+        await self._sleep_until(until, current, reason)
+        self._record(current, "waited", None, reason)
+
+    async def _wait_for_event(self, step: WaitForEventStep, current: str) -> bool:
+        seen = len(self._events)
+
+        def matched() -> bool:
+            for event in self._events[seen:]:
+                if event.type != step.event:
+                    continue
+                if step.url_contains and step.url_contains not in (event.url or ""):
+                    continue
+                return True
+            return False
+
+        timeout = parse_duration(step.timeout)
+        self._state.next_step = current
+        self._state.next_step_due_at = workflow.now() + timeout
+        self._state.waiting_reason = f"waiting up to {step.timeout} for {step.event}"
+        try:
+            await workflow.wait_condition(
+                lambda: matched() or self._state.goal is not None or self._archived,
+                timeout=timeout,
+                timeout_summary=f"step {current}: wait for {step.event}",
+            )
+        except TimeoutError:
+            pass
+        self._state.next_step = None
+        self._state.next_step_due_at = None
+        self._state.waiting_reason = None
+        self._check_stop()
+        happened = matched()
+        self._record(
+            current,
+            "waited",
+            None,
+            f"{step.event}: {'yes' if happened else 'timed out'}",
         )
-        for name, expected, seen in checks:
-            if expected is None:
-                continue
-            actual = previous_message_id is not None and previous_message_id in seen
-            if actual != expected:
-                return f"condition {name}={str(expected).lower()} not met"
+        return happened
+
+    async def _evaluate(
+        self, input: NurtureInput, condition: str, previous_message: str | None
+    ) -> bool:
+        return await workflow.execute_activity_method(
+            JourneyActivities.evaluate_condition,
+            EvaluateConditionInput(
+                lead_id=input.lead_id,
+                condition=condition,
+                enrollment_id=input.enrollment_id,
+                previous_message_id=previous_message,
+                now=workflow.now(),
+            ),
+            start_to_close_timeout=DATABASE_TIMEOUT,
+            retry_policy=DATABASE_RETRY,
+        )
+
+    async def _send_step(
+        self, input: NurtureInput, step: SendStep, current: str, index: int
+    ) -> str | None:
+        """Run a send step; return its message id when a message went out."""
+        delay = step.delay_timedelta
+        if delay > timedelta(0):
+            await self._sleep_until(
+                workflow.now() + delay, current, f"delay {step.delay}"
+            )
+        # During its delay the journey still shows the previous step as current.
+        self._enter(current, index)
+        gate = step.gate()
+        if gate is not None:
+            previous = self._last_message_id()
+            if not await self._evaluate(input, gate, previous):
+                self._record(current, "skipped", None, f"condition not met: {gate}")
+                return None
+        message_id = str(workflow.uuid4())
+        for _attempt in range(MAX_DEFERRALS):
+            await self._wait_while_paused(current)
+            send_at = await self._plan_send(input, step, current)
+            if send_at is None:
+                raise Stop
+            await self._sleep_until(send_at, current, self._state.waiting_reason or "")
+            outcome = await self._prepare_and_deliver(
+                input, step, current, index, message_id
+            )
+            if outcome != "deferred":
+                return message_id if outcome == "sent" else None
+        self._record(current, "failed", message_id, "deferred too many times")
         return None
 
-    async def _send(self, input: NurtureInput, step: Step) -> str | None:
-        message_id = str(workflow.uuid4())
+    def _last_message_id(self) -> str | None:
+        for record in reversed(self._state.steps):
+            if record.status == "sent" and record.message_id is not None:
+                return record.message_id
+        return None
+
+    async def _wait_while_paused(self, current: str) -> None:
+        while self._paused:
+            self._state.next_step = current
+            self._state.waiting_reason = "campaign paused"
+            try:
+                await workflow.wait_condition(
+                    lambda: (
+                        not self._paused
+                        or self._state.goal is not None
+                        or self._archived
+                    ),
+                    timeout=PAUSE_RECHECK,
+                )
+            except TimeoutError:
+                pass
+            self._check_stop()
+
+    async def _plan_send(
+        self, input: NurtureInput, step: SendStep, current: str
+    ) -> datetime | None:
+        """Return when the send may go out; None when the campaign was archived."""
+        planned = await workflow.execute_activity_method(
+            JourneyActivities.plan_send,
+            PlanSendInput(
+                lead_id=input.lead_id,
+                campaign_id=input.campaign_id,
+                channel=step.channel,
+                send_rules=self._spec.send_rules,
+                earliest=workflow.now(),
+            ),
+            start_to_close_timeout=DATABASE_TIMEOUT,
+            retry_policy=DATABASE_RETRY,
+        )
+        if planned.campaign_status == "archived":
+            self._archived = True
+            return None
+        if planned.campaign_status == "paused" and not self._paused:
+            # The pause signal did not arrive; honour the stored status.
+            self._paused = True
+            self._state.paused = True
+            await self._wait_while_paused(current)
+        self._state.waiting_reason = planned.reason
+        return planned.send_at
+
+    async def _prepare_and_deliver(
+        self,
+        input: NurtureInput,
+        step: SendStep,
+        current: str,
+        index: int,
+        message_id: str,
+    ) -> str:
+        """Prepare and send one message; return sent, skipped, failed or deferred."""
         try:
             prepared = await workflow.execute_activity_method(
                 MessagingActivities.prepare_message,
@@ -149,18 +450,25 @@ class NurtureWorkflow:
                     lead_id=input.lead_id,
                     enrollment_id=input.enrollment_id,
                     campaign_id=input.campaign_id,
-                    campaign_version=input.campaign_version,
-                    step=step.step,
+                    campaign_version=self._state.campaign_version,
+                    step=index + 1,
                     channel=step.channel,
                     template=step.template,
                     personalization=step.personalization,
+                    scheduled_at=workflow.now(),
+                    variant=self._current_variant(),
                 ),
                 start_to_close_timeout=PREPARE_TIMEOUT,
                 retry_policy=PREPARE_RETRY,
             )
+            if prepared.deferred_until is not None:
+                await self._sleep_until(
+                    prepared.deferred_until, current, prepared.deferred_reason or ""
+                )
+                return "deferred"
             if prepared.skipped_reason is not None:
-                self._record(step, "skipped", message_id, prepared.skipped_reason)
-                return None
+                self._record(current, "skipped", message_id, prepared.skipped_reason)
+                return "skipped"
             await workflow.execute_activity_method(
                 DeliveryActivities.deliver_message,
                 DeliverMessageInput(message_id=message_id),
@@ -176,24 +484,34 @@ class NurtureWorkflow:
             )
             workflow.logger.warning(
                 "step %s of enrollment %s failed: %s",
-                step.step,
+                current,
                 input.enrollment_id,
                 detail,
             )
-            self._record(step, "failed", message_id, detail)
-            return None
-        self._record(step, "sent", message_id, None)
-        return message_id
+            self._record(current, "failed", message_id, detail)
+            return "failed"
+        self._record(current, "sent", message_id, None)
+        return "sent"
+
+    def _current_variant(self) -> str | None:
+        """The most recent split variant this enrollment took, for analytics."""
+        return next(reversed(self._state.variants.values()), None)
 
     def _record(
-        self, step: Step, status: StepStatus, message_id: str | None, detail: str | None
+        self, step: str, status: StepStatus, message_id: str | None, detail: str | None
     ) -> None:
         self._state.steps.append(
             StepRecord(
-                step=step.step,
+                step=step,
                 status=status,
                 message_id=message_id,
                 at=workflow.now(),
                 detail=detail,
             )
         )
+
+
+def _stage_reached(stage: str | None, goal: str) -> bool:
+    if stage not in STAGES or goal not in STAGES:
+        return False
+    return STAGES.index(stage) >= STAGES.index(goal)

@@ -1,22 +1,24 @@
 """Campaigns: submit, read, list and edit (each edit stores a new version)."""
 
+import json
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from sqlmodel import Session, col, select
+from starlette.concurrency import run_in_threadpool
 
-from api.deps import ActorDep, SessionDep
+from api.deps import ActorDep, EngineDep, SessionDep
 from api.errors import (
     ApiError,
     FieldError,
     error_responses,
     validation_error,
 )
+from nurture.campaign_checks import check_campaign
 from nurture.campaigns import CampaignSpec, slugify
 from nurture.models import AuditEntry, Campaign, CampaignVersion, utcnow
-from nurture.rendering import TemplateError, TemplateRenderer
 from nurture.schemas import CamelModel
 
 router = APIRouter(prefix="/api/v1/nurturing/campaigns", tags=["campaigns"])
@@ -34,33 +36,36 @@ class CampaignPublic(CamelModel):
     definition: dict[str, Any]
 
 
-def _check_templates(spec: CampaignSpec, renderer: TemplateRenderer) -> None:
-    """Reject steps whose template is missing or does not compile."""
-    errors = []
-    for index, step in enumerate(spec.sequence):
-        try:
-            renderer.check(step.channel, step.template)
-        except TemplateError as error:
-            errors.append(
+async def read_spec(request: Request) -> CampaignSpec:
+    """Read a campaign from the body and validate it, reporting every problem."""
+    try:
+        raw = json.loads(await request.body())
+    except ValueError as error:
+        raise validation_error(
+            [
                 FieldError(
-                    path=f"sequence[{index}].template",
-                    message=f"step {step.step}: {error}",
-                    type="template_invalid",
+                    path="(body)", message=f"invalid JSON: {error}", type="json_invalid"
                 )
-            )
-        for key, expression in step.personalization.items():
-            try:
-                renderer.check_expression(expression)
-            except TemplateError as error:
-                errors.append(
-                    FieldError(
-                        path=f"sequence[{index}].personalization.{key}",
-                        message=f"step {step.step}: {error}",
-                        type="template_invalid",
-                    )
-                )
-    if errors:
-        raise validation_error(errors)
+            ]
+        ) from None
+    spec, problems = check_campaign(raw, request.app.state.renderer)
+    if spec is None:
+        raise validation_error(
+            [FieldError(path=p.path, message=p.message, type=p.type) for p in problems]
+        )
+    return spec
+
+
+_SPEC_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": CampaignSpec.model_json_schema(by_alias=True)
+            }
+        },
+    }
+}
 
 
 def _unique_id(session: Session, name: str) -> str:
@@ -84,7 +89,7 @@ def _public(campaign: Campaign, version: CampaignVersion) -> CampaignPublic:
     )
 
 
-def _current_version(session: Session, campaign: Campaign) -> CampaignVersion:
+def current_version(session: Session, campaign: Campaign) -> CampaignVersion:
     version = session.exec(
         select(CampaignVersion).where(
             CampaignVersion.campaign_id == campaign.id,
@@ -94,7 +99,7 @@ def _current_version(session: Session, campaign: Campaign) -> CampaignVersion:
     return version
 
 
-def _get_or_404(session: Session, campaign_id: str) -> Campaign:
+def get_campaign_or_404(session: Session, campaign_id: str) -> Campaign:
     campaign = session.get(Campaign, campaign_id)
     if campaign is None:
         raise ApiError(404, "not_found", f"campaign {campaign_id} not found")
@@ -108,7 +113,7 @@ def _store_version(
     version = CampaignVersion(
         campaign_id=campaign.id,
         version=campaign.current_version,
-        definition=spec.model_dump(mode="json"),
+        definition=spec.model_dump(mode="json", exclude_none=True),
     )
     session.add(campaign)
     session.add(version)
@@ -139,12 +144,22 @@ def _store_version(
     status_code=201,
     response_model=CampaignPublic,
     responses=error_responses(401, 409, 422),
+    openapi_extra=_SPEC_BODY,
 )
-def create_campaign(
-    spec: CampaignSpec, request: Request, session: SessionDep, actor: ActorDep
+async def create_campaign(
+    request: Request, engine: EngineDep, actor: ActorDep
 ) -> CampaignPublic:
     """Submit a campaign; it is active at once unless its status is "draft"."""
-    _check_templates(spec, request.app.state.renderer)
+    spec = await read_spec(request)
+    return await run_in_threadpool(_create, engine, spec, actor)
+
+
+def _create(engine: sa.Engine, spec: CampaignSpec, actor: str) -> CampaignPublic:
+    with Session(engine, expire_on_commit=False) as session:
+        return _create_in(session, spec, actor)
+
+
+def _create_in(session: Session, spec: CampaignSpec, actor: str) -> CampaignPublic:
     campaign = Campaign(
         id=_unique_id(session, spec.name),
         name=spec.name,
@@ -159,24 +174,35 @@ def create_campaign(
     "/{campaign_id}",
     response_model=CampaignPublic,
     responses=error_responses(401, 404, 409, 422),
+    openapi_extra=_SPEC_BODY,
 )
-def update_campaign(
-    campaign_id: str,
-    spec: CampaignSpec,
-    request: Request,
-    session: SessionDep,
-    actor: ActorDep,
+async def update_campaign(
+    campaign_id: str, request: Request, engine: EngineDep, actor: ActorDep
 ) -> CampaignPublic:
-    """Store a new version; enrollments in flight keep the version they started on."""
-    campaign = _get_or_404(session, campaign_id)
-    _check_templates(spec, request.app.state.renderer)
-    campaign.current_version += 1
-    campaign.name = spec.name
-    campaign.description = spec.description
-    campaign.status = spec.status
-    campaign.updated_at = utcnow()
-    version = _store_version(session, campaign, spec, actor, "campaign.updated")
-    return _public(campaign, version)
+    """Store a new version; enrollments in flight keep theirs until migrated.
+
+    The campaign keeps its lifecycle status; use the activate, pause, resume
+    and archive routes to change it.
+    """
+    spec = await read_spec(request)
+    return await run_in_threadpool(_update, engine, campaign_id, spec, actor)
+
+
+def _update(
+    engine: sa.Engine, campaign_id: str, spec: CampaignSpec, actor: str
+) -> CampaignPublic:
+    with Session(engine, expire_on_commit=False) as session:
+        campaign = get_campaign_or_404(session, campaign_id)
+        if campaign.status == "archived":
+            raise ApiError(
+                409, "conflict", f"campaign {campaign_id} is archived; it cannot change"
+            )
+        campaign.current_version += 1
+        campaign.name = spec.name
+        campaign.description = spec.description
+        campaign.updated_at = utcnow()
+        version = _store_version(session, campaign, spec, actor, "campaign.updated")
+        return _public(campaign, version)
 
 
 @router.get("/{campaign_id}", response_model=CampaignPublic, responses=ERRORS)
@@ -184,8 +210,8 @@ def read_campaign(
     campaign_id: str, session: SessionDep, _actor: ActorDep
 ) -> CampaignPublic:
     """Read a campaign with the definition of its current version."""
-    campaign = _get_or_404(session, campaign_id)
-    return _public(campaign, _current_version(session, campaign))
+    campaign = get_campaign_or_404(session, campaign_id)
+    return _public(campaign, current_version(session, campaign))
 
 
 @router.get("", response_model=list[CampaignPublic], responses=ERRORS)
@@ -194,4 +220,4 @@ def list_campaigns(session: SessionDep, _actor: ActorDep) -> list[CampaignPublic
     campaigns = session.exec(
         select(Campaign).order_by(col(Campaign.created_at).desc())
     ).all()
-    return [_public(c, _current_version(session, c)) for c in campaigns]
+    return [_public(c, current_version(session, c)) for c in campaigns]

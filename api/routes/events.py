@@ -1,7 +1,7 @@
 """Website behavior events: page views, downloads, forms, webinars."""
 
+import re
 from datetime import datetime, timedelta
-from typing import Literal
 
 import sqlalchemy as sa
 from fastapi import APIRouter
@@ -19,6 +19,17 @@ from nurture.schemas import CamelModel, StrictCamelModel
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
 
+EVENT_TYPES = (
+    "page_view",
+    "pricing_page_view",
+    "content_download",
+    "form_submission",
+    "webinar_registration",
+    "webinar_attendance",
+    "replied",
+    "converted",
+)
+_CUSTOM_EVENT = re.compile(r"^custom:[A-Za-z0-9_.\-]{1,64}$")
 # Clocks of browsers and tag managers drift; an event further ahead is a bug.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
 
@@ -26,14 +37,13 @@ MAX_CLOCK_SKEW = timedelta(minutes=5)
 class BehaviorEventIn(StrictCamelModel):
     lead_id: str | None = Field(None, description="The lead's id; or give email.")
     email: str | None = Field(None, description="The lead's email; or give leadId.")
-    type: Literal[
-        "page_view",
-        "pricing_page_view",
-        "content_download",
-        "form_submission",
-        "webinar_registration",
-        "webinar_attendance",
-    ]
+    type: str = Field(
+        description=(
+            "page_view, pricing_page_view, content_download, form_submission, "
+            "webinar_registration, webinar_attendance, replied, converted, or "
+            "custom:<name> for an event of your own."
+        )
+    )
     url: str | None = Field(None, max_length=2000)
     occurred_at: AwareDatetime | None = Field(
         None, description="With a time zone; defaults to now."
@@ -44,6 +54,16 @@ class BehaviorEventIn(StrictCamelModel):
         description="Your id for the event; a repeat is stored once.",
     )
     properties: dict[str, str | int | float | bool | None] = Field(default_factory=dict)
+
+    @field_validator("type")
+    @classmethod
+    def _check_type(cls, value: str) -> str:
+        if value in EVENT_TYPES or _CUSTOM_EVENT.match(value):
+            return value
+        raise ValueError(
+            f"unknown event type {value!r}: use one of {', '.join(EVENT_TYPES)}, "
+            "or custom:<name>"
+        )
 
     @field_validator("occurred_at")
     @classmethod
@@ -147,7 +167,9 @@ async def record_event(
             settings,
             engine,
             stored.lead_id,
-            BehaviorSignal(event_id=stored.id, type=stored.type),
+            BehaviorSignal(
+                event_id=stored.id, type=stored.type, url=stored.data.get("url")
+            ),
         )
     return EventReceipt(
         id=stored.id, lead_id=stored.lead_id, type=stored.type, duplicate=duplicate

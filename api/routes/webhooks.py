@@ -113,7 +113,9 @@ async def receive_sendgrid_events(
             await signal_enrollment(
                 temporal,
                 event.enrollment_workflow_id,
-                EngagementSignal(message_id=event.message_id, type=event.type),
+                EngagementSignal(
+                    message_id=event.message_id, type=event.type, url=event.url
+                ),
             )
         if event.lead_id and event.type in LEAD_SIGNAL_EVENTS:
             await notify_lead(
@@ -125,6 +127,7 @@ async def receive_sendgrid_events(
                     event_id=event.event_id,
                     type=event.type,
                     message_id=event.message_id,
+                    url=event.url,
                 ),
             )
     unmatched = sum(1 for event in fresh if event.lead_id is None)

@@ -1,0 +1,28 @@
+"""Timeouts and retry policies of the nurture workflow's activities."""
+
+from datetime import timedelta
+
+from temporalio.common import RetryPolicy
+
+PREPARE_TIMEOUT = timedelta(seconds=30)
+PREPARE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(minutes=1),
+    non_retryable_error_types=["TemplateError", "LeadNotFound"],
+)
+# A provider outage of hours delays a send; only a day without success fails it.
+DELIVER_START_TO_CLOSE = timedelta(seconds=60)
+DELIVER_SCHEDULE_TO_CLOSE = timedelta(days=1)
+DELIVER_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=5),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=10),
+)
+END_TIMEOUT = timedelta(seconds=30)
+DATABASE_TIMEOUT = timedelta(seconds=30)
+DATABASE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(minutes=1),
+    non_retryable_error_types=["LeadNotFound", "InvalidCondition"],
+)
