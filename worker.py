@@ -71,8 +71,14 @@ def build_workers(
     executor: ThreadPoolExecutor,
     email_sender: EmailSender | None = None,
     sms_sender: SmsSender | None = None,
+    fail_workflow_on_bug: bool = False,
 ) -> list[Worker]:
-    """Build the main worker and the send worker for the configured task queues."""
+    """Build the main worker and the send worker for the configured task queues.
+
+    By default a bug in workflow code fails the workflow task, which Temporal
+    retries until a fixed worker is deployed; tests set `fail_workflow_on_bug`
+    so that such a bug fails the workflow, and the test, at once.
+    """
     leads = LeadActivities(engine, settings)
     journeys = JourneyActivities(engine, settings)
     messaging = MessagingActivities(
@@ -107,6 +113,7 @@ def build_workers(
         ],
         activity_executor=executor,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        workflow_failure_exception_types=[Exception] if fail_workflow_on_bug else [],
     )
     send = Worker(
         client,

@@ -161,8 +161,9 @@ class MessagingActivities:
                     Message.lead_id == lead_id,
                     Message.channel == channel,
                     col(Message.status).not_in(("failed",)),
+                    # No upper bound: a send scheduled by another workflow a
+                    # moment after `at` still uses up the same window.
                     col(Message.scheduled_at) > at - longest,
-                    col(Message.scheduled_at) <= at,
                 )
             ).all()
             if time is not None

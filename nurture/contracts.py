@@ -170,7 +170,7 @@ class PrepareMessageInput(BaseModel):
     campaign_id: str | None = None
     campaign_version: int | None = None
     step: int | None = None
-    channel: Literal["email", "sms"]
+    channel: Literal["email", "sms", "task"]
     template: str
     personalization: dict[str, str] = Field(default_factory=dict)
 

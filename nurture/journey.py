@@ -29,6 +29,9 @@ class EnrollmentView(CamelModel):
     current_step: str | None = None
     next_step: str | None = None
     next_step_due_at: datetime | None = None
+    waiting_reason: str | None = None
+    paused: bool = False
+    goal: str | None = None
     steps: list[StepView] = []
     live: bool = False
 

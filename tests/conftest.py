@@ -196,7 +196,9 @@ async def running_stack(
     client = env.client
     app = create_app(settings, client, engine, run_migrations=False, reconcile=False)
     with ThreadPoolExecutor(max_workers=10) as executor:
-        main, send = build_workers(client, settings, engine, executor)
+        main, send = build_workers(
+            client, settings, engine, executor, fail_workflow_on_bug=True
+        )
         async with main, send:
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(

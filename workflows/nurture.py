@@ -64,7 +64,7 @@ JOURNEY_PATCH = "journey-language"
 OPEN_EVENTS = frozenset({"open", "click"})
 CLICK_EVENTS = frozenset({"click"})
 # A paused campaign is re-checked this often in case a resume signal was lost.
-PAUSE_RECHECK = timedelta(hours=1)
+PAUSE_RECHECK = timedelta(hours=6)
 # Deferrals (quiet hours, caps, a paused campaign) re-plan at most this often
 # in a row before the step fails, so a misconfiguration cannot spin forever.
 MAX_DEFERRALS = 50

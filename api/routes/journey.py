@@ -128,6 +128,10 @@ async def read_journey(
             view.current_step = live.current_step
             view.next_step = live.next_step
             view.next_step_due_at = live.next_step_due_at
+            view.waiting_reason = live.waiting_reason
+            view.paused = live.paused
+            view.goal = live.goal
+            view.version = live.campaign_version
             view.steps = [
                 StepView(
                     **step.model_dump(),
