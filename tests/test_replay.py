@@ -6,7 +6,9 @@ already in flight, replaying these fails; guard such a change with
 `workflow.patched()` instead.
 
 Recording: `NURTURE_RECORD_HISTORIES=1 make test PYTEST_ARGS=tests/test_end_to_end.py`
-writes the histories of the end-to-end test's workflows here.
+writes the histories of the end-to-end test's workflows here. Files named
+`v1-*` come from the first release, which ran campaigns as a plain list of
+sends; the others come from the journey interpreter.
 """
 
 import json
