@@ -2,7 +2,6 @@
 
 import logging
 from datetime import datetime, timedelta
-from typing import Any
 
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
@@ -17,20 +16,12 @@ from nurture.contracts import (
     PrepareMessageInput,
 )
 from nurture.db import session_scope
-from nurture.leads import LeadPublic
+from nurture.leads import template_context
 from nurture.models import Lead, Message, utcnow
 from nurture.rendering import TemplateError, TemplateRenderer
 from nurture.wording import describe_age
 
 logger = logging.getLogger(__name__)
-
-
-def template_context(lead: Lead) -> dict[str, Any]:
-    """Build the `lead` variable of templates: the lead's public fields in camelCase."""
-    public = LeadPublic.from_lead(lead).model_dump(mode="json")
-    contact = public.pop("contact")
-    public.pop("duplicate", None)
-    return {**contact, **public}
 
 
 class MessagingActivities:

@@ -179,7 +179,7 @@ def form_to_payload(form: dict[str, str]) -> dict[str, Any]:
     return payload
 
 
-def _columns_from(
+def lead_columns(
     contact: ContactIn | None, company: CompanyIn | None, source: SourceIn | None
 ) -> dict[str, Any]:
     """Return the lead columns that the given sections set, without None values."""
@@ -241,7 +241,7 @@ def capture_lead(
     Returns the lead and whether it was a duplicate. The capture itself is
     recorded as a form submission, the lead's first behavior event.
     """
-    columns = _columns_from(payload.contact, payload.company, payload.source)
+    columns = lead_columns(payload.contact, payload.company, payload.source)
     existing = find_duplicate(session, columns.get("email"), columns.get("phone"))
     now = utcnow()
     if existing is None:
@@ -285,7 +285,7 @@ def update_lead(
     session: Session, lead: Lead, change: LeadUpdate, actor: str
 ) -> list[str]:
     """Apply a partial change to a lead and return the names of changed columns."""
-    columns = _columns_from(change.contact, change.company, change.source)
+    columns = lead_columns(change.contact, change.company, change.source)
     if change.status is not None:
         columns["status"] = change.status
     changed = [key for key, value in columns.items() if getattr(lead, key) != value]
@@ -306,6 +306,14 @@ def update_lead(
             )
         )
     return changed
+
+
+def template_context(lead: Lead) -> dict[str, Any]:
+    """Build the `lead` variable of templates: the lead's public fields in camelCase."""
+    public = LeadPublic.from_lead(lead).model_dump(mode="json")
+    contact = public.pop("contact")
+    public.pop("duplicate", None)
+    return {**contact, **public}
 
 
 class ContactOut(CamelModel):

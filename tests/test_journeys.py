@@ -634,3 +634,89 @@ async def test_invalid_journey_reports_every_problem(stack: Stack) -> None:
         "sequence[1]",
         "sequence[2]",
     }
+
+
+async def test_simulate_example_campaign(stack: Stack) -> None:
+    response = await stack.api.post(CAMPAIGNS, json=example("campaign.json"))
+    campaign_id = response.json()["id"]
+    start = datetime(2026, 3, 2, 15, 0, tzinfo=UTC)
+    request = {
+        "lead": example("lead.json"),
+        "start": start.isoformat(),
+        "events": [{"type": "open", "at": (start + timedelta(hours=2)).isoformat()}],
+    }
+
+    opened = await stack.api.post(f"{CAMPAIGNS}/{campaign_id}/simulate", json=request)
+    request["events"] = []
+    unopened = await stack.api.post(f"{CAMPAIGNS}/{campaign_id}/simulate", json=request)
+
+    assert opened.status_code == 200, opened.text
+    body = opened.json()
+    assert body["version"] == 1
+    assert body["outcome"] == "completed"
+    assert [(a["step"], a["type"]) for a in body["actions"]] == [
+        ("1", "send"),
+        ("2", "send"),
+    ]
+    assert body["actions"][0]["at"] == "2026-03-02T15:00:00Z"
+    assert body["actions"][1]["at"] == "2026-03-03T15:00:00Z"
+    assert body["actions"][0]["subject"].startswith("Welcome, John:")
+    assert [a["type"] for a in unopened.json()["actions"]] == ["send", "skip"]
+    assert stack.sendgrid.requests == []
+
+
+async def test_simulate_window_goal_and_timezone(stack: Stack) -> None:
+    campaign_id = await campaign(
+        stack,
+        [
+            {"id": "welcome", **WELCOME},
+            {"id": "wait", "type": "wait", "duration": "3 days"},
+            {"id": "nudge", "channel": "email", "template": "value_proposition"},
+        ],
+        goals=[{"event": "converted"}],
+        sendRules={
+            "sendWindow": {
+                "start": "09:00",
+                "end": "17:00",
+                "days": ["mon", "tue", "wed", "thu", "fri"],
+            },
+        },
+    )
+    sample = example("lead.json")
+    sample["contact"]["timezone"] = "Europe/Berlin"
+    # Saturday 2026-03-28 20:00 UTC; Berlin moves to summer time on the 29th.
+    start = datetime(2026, 3, 28, 20, 0, tzinfo=UTC)
+    converted = start + timedelta(days=2)
+
+    response = await stack.api.post(
+        f"{CAMPAIGNS}/{campaign_id}/simulate",
+        json={
+            "lead": sample,
+            "start": start.isoformat(),
+            "events": [{"type": "converted", "at": converted.isoformat()}],
+        },
+    )
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["timezone"] == "Europe/Berlin"
+    first = body["actions"][0]
+    # Monday 09:00 in Berlin, already summer time (UTC+2).
+    assert first["at"] == "2026-03-30T07:00:00Z"
+    assert first["localTime"].startswith("Mon 2026-03-30 09:00")
+    assert body["outcome"] == "converted"
+    assert body["goal"] == "converted"
+    assert [a["type"] for a in body["actions"]] == ["send", "goal"]
+
+
+async def test_simulate_unknown_version_404(stack: Stack) -> None:
+    campaign_id = await campaign(stack, [{"id": "welcome", **WELCOME}])
+
+    response = await stack.api.post(
+        f"{CAMPAIGNS}/{campaign_id}/simulate",
+        params={"version": 9},
+        json={"lead": example("lead.json")},
+    )
+
+    assert response.status_code == 404
+    assert "version 9" in response.json()["message"]

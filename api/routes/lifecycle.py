@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 from pydantic import Field
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
@@ -28,8 +28,16 @@ from nurture.config import Settings
 from nurture.contracts import MigrateSignal, NurtureInput, PauseSignal
 from nurture.db import session_scope
 from nurture.enrollments import claim, entry_refusal
-from nurture.models import AuditEntry, Campaign, Enrollment, Lead, utcnow
+from nurture.models import (
+    AuditEntry,
+    Campaign,
+    CampaignVersion,
+    Enrollment,
+    Lead,
+    utcnow,
+)
 from nurture.schemas import CamelModel, StrictCamelModel
+from nurture.simulation import SimulationRequest, SimulationResult, simulate
 from nurture.temporal import CAMPAIGN_ID, LEAD_ID
 from workflows.nurture import NurtureWorkflow
 
@@ -343,6 +351,52 @@ async def migrate_enrollments(
         MigrateSignal(campaign_version=to_version, campaign=spec),
     )
     return MigrateResult(to_version=to_version, enrollments_signalled=signalled)
+
+
+@router.post(
+    "/{campaign_id}/simulate",
+    response_model=SimulationResult,
+    responses=error_responses(401, 404, 422),
+)
+def simulate_campaign(
+    campaign_id: str,
+    request: SimulationRequest,
+    http_request: Request,
+    session: SessionDep,
+    _actor: ActorDep,
+    version: Annotated[int | None, Query(ge=1, description="Default: current.")] = None,
+) -> SimulationResult:
+    """Return the schedule a sample lead would get from this campaign; sends nothing.
+
+    Events in the request stand in for the lead's opens, clicks, replies and
+    conversions. Frequency caps and send-time optimization are left out.
+    """
+    campaign = get_campaign_or_404(session, campaign_id)
+    stored = current_version(session, campaign)
+    if version is not None and version != stored.version:
+        found = session.exec(
+            select(CampaignVersion).where(
+                CampaignVersion.campaign_id == campaign_id,
+                CampaignVersion.version == version,
+            )
+        ).first()
+        if found is None:
+            raise ApiError(
+                404, "not_found", f"campaign {campaign_id} has no version {version}"
+            )
+        stored = found
+    spec = CampaignSpec.model_validate(stored.definition)
+    try:
+        return simulate(
+            spec,
+            stored.version,
+            campaign_id,
+            request,
+            http_request.app.state.renderer,
+            utcnow(),
+        )
+    except ValueError as error:
+        raise ApiError(422, "simulation_failed", f"cannot simulate: {error}") from None
 
 
 # Registered last: its {action} segment would otherwise shadow /enrollments.
