@@ -44,6 +44,16 @@ class EngagementView(CamelModel):
     detail: dict[str, Any] = {}
 
 
+class TaskView(CamelModel):
+    """A sales task a campaign created for this lead."""
+
+    id: str
+    title: str | None
+    description: str
+    campaign_id: str | None
+    created_at: datetime
+
+
 class NextAction(CamelModel):
     action: str
     reason: str
@@ -58,6 +68,7 @@ class JourneyView(CamelModel):
     live: bool
     enrollments: list[EnrollmentView]
     recent_engagement: list[EngagementView]
+    tasks: list[TaskView] = []
     next_action: NextAction
 
 

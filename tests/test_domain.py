@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from api.errors import json_path
 from nurture.campaign_checks import check_campaign
-from nurture.campaigns import CampaignSpec, SendStep, Trigger
+from nurture.campaigns import CampaignSpec, SendStep, SplitStep, Trigger
 from nurture.conditions import Facts
 from nurture.durations import parse_duration
 from nurture.engagement import advance_status
@@ -1090,3 +1090,83 @@ def test_parse_duration_iso(text: str, expected: timedelta) -> None:
 def test_parse_duration_rejects_iso(text: str) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
         parse_duration(text)
+
+
+# --- journey shape -------------------------------------------------------------
+
+
+def _journey(*steps: dict[str, Any]) -> dict[str, Any]:
+    return _campaign(sequence=list(steps))
+
+
+def test_loop_without_wait_rejected() -> None:
+    data = _journey(
+        {
+            "id": "a",
+            "type": "branch",
+            "condition": "score > 1",
+            "then": "b",
+            "else": "b",
+        },
+        {
+            "id": "b",
+            "type": "branch",
+            "condition": "score > 2",
+            "then": "a",
+            "else": "a",
+        },
+    )
+    assert _problems(data) == [("sequence[0]", "loop_without_wait")]
+
+
+def test_loop_with_wait_accepted() -> None:
+    data = _journey(
+        {
+            "id": "a",
+            "type": "branch",
+            "condition": "score > 1",
+            "then": "b",
+            "else": "c",
+        },
+        {"id": "b", "type": "wait", "duration": "1 day", "next": "a"},
+        {"id": "c", "type": "exit"},
+    )
+    assert _problems(data) == []
+
+
+def test_unreachable_and_missing_next_reported_together() -> None:
+    data = _journey(
+        {"id": "a", "channel": "email", "template": "welcome_email", "next": "nowhere"},
+        {"id": "b", "type": "exit"},
+    )
+    assert _problems(data) == [
+        ("sequence[0].next", "unknown_step"),
+        ("sequence[1]", "unreachable_step"),
+    ]
+
+
+def test_split_variant_next_checked() -> None:
+    data = _journey(
+        {
+            "id": "ab",
+            "type": "split",
+            "variants": [
+                {"name": "A", "weight": 1, "next": "x"},
+                {"name": "B", "weight": 1},
+            ],
+        },
+        {"id": "end", "type": "exit"},
+    )
+    assert _problems(data) == [("sequence[0].variants[0].next", "unknown_step")]
+
+
+def test_split_choice_follows_weights() -> None:
+    step = SplitStep.model_validate(
+        {
+            "type": "split",
+            "variants": [{"name": "A", "weight": 9}, {"name": "B", "weight": 1}],
+        }
+    )
+    picks = [step.choose(f"lead-{i}").name for i in range(2000)]
+    assert 1700 < picks.count("A") < 1900
+    assert step.choose("lead-7").name == step.choose("lead-7").name

@@ -211,6 +211,9 @@ async def test_click_on_pricing_creates_task(stack: Stack) -> None:
     task = next(m for m in messages(stack, lead_id) if m.channel == "task")
     assert task.subject == "Call John at Example Company"
     assert task.status == "sent"
+    journey = (await stack.api.get(f"/api/v1/leads/{lead_id}/journey")).json()
+    assert [t["title"] for t in journey["tasks"]] == ["Call John at Example Company"]
+    assert "scored 5" in journey["tasks"][0]["description"]
     assert len(stack.sendgrid.mails()) == 1
 
 
@@ -720,3 +723,56 @@ async def test_simulate_unknown_version_404(stack: Stack) -> None:
 
     assert response.status_code == 404
     assert "version 9" in response.json()["message"]
+
+
+async def test_send_time_optimization_uses_open_hour(stack: Stack) -> None:
+    berlin = ZoneInfo("Europe/Berlin")
+    lead_id = await lead(stack, "opener@company.com", timezone="Europe/Berlin")
+    opened_at = [
+        (datetime.now(UTC) - timedelta(days=days))
+        .astimezone(berlin)
+        .replace(hour=14, minute=20)
+        for days in (3, 5, 9)
+    ]
+    with session_scope(stack.engine) as session:
+        for index, at in enumerate(opened_at):
+            session.add(
+                Message(
+                    id=f"old-{lead_id}-{index}",
+                    lead_id=lead_id,
+                    channel="email",
+                    template="welcome_email",
+                    to_address="opener@company.com",
+                    body="earlier newsletter",
+                    provider="sendgrid",
+                    status="opened",
+                    opened_at=at.astimezone(UTC),
+                )
+            )
+    campaign_id = await campaign(
+        stack,
+        [{"id": "offer", "channel": "email", "template": "value_proposition"}],
+        trigger={"type": "manual"},
+        sendRules={"sendTimeOptimization": True},
+    )
+    response = await stack.api.post(
+        f"{CAMPAIGNS}/{campaign_id}/enrollments", json={"leadIds": [lead_id]}
+    )
+    assert response.json()[0]["status"] == "enrolled"
+    handle = await enrollment(stack, campaign_id, lead_id)
+
+    async def planned() -> Any:
+        current = await state(handle)
+        reason = current.waiting_reason or ""
+        return current if "send-time optimization" in reason else None
+
+    waiting = await stack.eventually(planned, message="send held for the open hour")
+    assert waiting.waiting_reason == "send-time optimization: 14:00 Europe/Berlin"
+    await stack.env.fast_forward(handle, timedelta(days=1, hours=1))
+    await handle.result()
+
+    sent = [m for m in messages(stack, lead_id) if m.template == "value_proposition"]
+    assert len(sent) == 1
+    assert sent[0].scheduled_at is not None
+    local = sent[0].scheduled_at.astimezone(berlin)
+    assert (local.hour, local.minute) == (14, 0)

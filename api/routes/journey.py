@@ -19,6 +19,7 @@ from nurture.journey import (
     EnrollmentView,
     JourneyView,
     StepView,
+    TaskView,
     recommend,
 )
 from nurture.models import Campaign, EngagementEvent, Enrollment, Lead, Message, utcnow
@@ -72,6 +73,7 @@ class _Stored:
     enrollments: list[tuple[Enrollment, str]]
     events: list[EngagementEvent]
     message_statuses: dict[str, str]
+    tasks: list[Message]
 
 
 def _load(engine: sa.Engine, lead_id: str) -> _Stored:
@@ -94,6 +96,13 @@ def _load(engine: sa.Engine, lead_id: str) -> _Stored:
             enrollments=[(e, name) for e, name in enrollments],
             events=list(events),
             message_statuses=_message_statuses(session, lead_id),
+            tasks=list(
+                session.exec(
+                    select(Message)
+                    .where(Message.lead_id == lead_id, Message.channel == "task")
+                    .order_by(col(Message.created_at).desc())
+                ).all()
+            ),
         )
 
 
@@ -174,6 +183,17 @@ async def read_journey(
         live=state is not None,
         enrollments=views,
         recent_engagement=engagement,
+        tasks=[
+            TaskView(
+                id=task.id,
+                title=task.subject,
+                description=task.body,
+                campaign_id=task.campaign_id,
+                created_at=task.created_at,
+            )
+            for task in stored.tasks
+            if task.status != "failed"
+        ],
         next_action=recommend(
             status=lead.status,
             stage=stage,
