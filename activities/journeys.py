@@ -4,13 +4,6 @@ import logging
 from datetime import datetime
 
 import sqlalchemy as sa
-from nurture.sendtime import (
-    at_hour,
-    best_send_hour,
-    next_local_time,
-    next_send_time,
-    resolve_timezone,
-)
 from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -28,6 +21,13 @@ from nurture.contracts import (
 from nurture.db import session_scope
 from nurture.lead_facts import build_facts
 from nurture.models import Campaign, Enrollment, Lead, Message
+from nurture.sendtime import (
+    at_hour,
+    best_send_hour,
+    next_local_time,
+    next_send_time,
+    resolve_timezone,
+)
 
 logger = logging.getLogger(__name__)
 
