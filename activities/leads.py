@@ -50,8 +50,9 @@ def lock_lead(session: Session, lead_id: str) -> Lead:
     """Load a lead and hold its row lock until commit.
 
     Sends to one lead then check and reserve frequency caps one at a time.
-    NOTE: SQLite ignores the lock, so there two sends racing for one lead's
-    last capped slot can both pass; PostgreSQL serializes them.
+    NOTE: SQLite ignores the lock; there only the worker process's own lock
+    in prepare_message serializes sends, so two worker processes on one
+    SQLite file could both take a lead's last capped slot.
     """
     lead = session.exec(
         select(Lead).where(Lead.id == lead_id).with_for_update()

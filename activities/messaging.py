@@ -1,6 +1,8 @@
 """Message preparation: render a step's template and store it in the outbox."""
 
 import logging
+import threading
+import zlib
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -22,6 +24,15 @@ from nurture.rendering import TemplateError, TemplateRenderer
 from nurture.wording import describe_age
 
 logger = logging.getLogger(__name__)
+
+
+# Sends to one lead take turns within a worker process: the database row lock
+# serializes them across workers on PostgreSQL, and SQLite has no row locks.
+_LEAD_LOCKS = [threading.Lock() for _ in range(64)]
+
+
+def _lead_lock(lead_id: str) -> threading.Lock:
+    return _LEAD_LOCKS[zlib.crc32(lead_id.encode()) % len(_LEAD_LOCKS)]
 
 
 class MessagingActivities:
@@ -48,7 +59,7 @@ class MessagingActivities:
         frequency caps are enforced: a capped message is not stored, and the
         answer says when to try again.
         """
-        with session_scope(self.engine) as session:
+        with _lead_lock(input.lead_id), session_scope(self.engine) as session:
             existing = session.get(Message, input.message_id)
             if existing is not None:
                 return PreparedMessage(message_id=existing.id, status=existing.status)

@@ -16,6 +16,31 @@ from nurture.durations import parse_duration
 from nurture.rendering import TemplateError, TemplateRenderer
 
 STEP_TYPES = ("send", "wait", "wait_for_event", "branch", "split", "exit")
+# A lead with every field filled in, for rendering templates at submission.
+SAMPLE_LEAD: dict[str, Any] = {
+    "id": "sample",
+    "firstName": "Ada",
+    "lastName": "Lovelace",
+    "email": "ada@example.com",
+    "phone": "+14155552671",
+    "phoneStatus": "valid",
+    "timezone": "Europe/London",
+    "company": {
+        "name": "Analytical Engines",
+        "industry": "Technology",
+        "size": "51-200",
+        "revenue": "$5M-$10M",
+        "website": "https://example.com",
+        "country": "GB",
+    },
+    "source": {"channel": "website", "campaign": "c", "medium": "m", "content": "x"},
+    "customFields": {},
+    "enrichment": {},
+    "score": 50,
+    "scoreReasons": [],
+    "stage": "new",
+    "status": "active",
+}
 CHANNELS = ("email", "sms", "task")
 
 
@@ -220,33 +245,44 @@ def _template_problems(steps: list[Any], renderer: TemplateRenderer) -> list[Pro
         if not isinstance(step, dict) or step.get("type", "send") != "send":
             continue
         label = step_id(step, index)
-        channel, template = step.get("channel"), step.get("template")
-        # A malformed name is reported by the model; never look it up on disk.
-        named = isinstance(template, str) and TEMPLATE_NAME.match(template)
-        if channel in CHANNELS and named:
+        raw = step.get("personalization")
+        personalization = (
+            {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        )
+        expression_problems = []
+        for key, expression in personalization.items():
             try:
-                renderer.check(str(channel), str(template))
+                renderer.check_expression(expression)
             except TemplateError as error:
-                problems.append(
+                expression_problems.append(
                     Problem(
-                        f"sequence[{index}].template",
+                        f"sequence[{index}].personalization.{key}",
                         f"step {label}: {error}",
                         "template_invalid",
                     )
                 )
-        personalization = step.get("personalization")
-        if isinstance(personalization, dict):
-            for key, expression in personalization.items():
-                try:
-                    renderer.check_expression(str(expression))
-                except TemplateError as error:
-                    problems.append(
-                        Problem(
-                            f"sequence[{index}].personalization.{key}",
-                            f"step {label}: {error}",
-                            "template_invalid",
-                        )
-                    )
+        problems += expression_problems
+        channel, template = step.get("channel"), step.get("template")
+        # A malformed name is reported by the model; never look it up on disk.
+        named = isinstance(template, str) and TEMPLATE_NAME.match(template)
+        if channel not in CHANNELS or not named:
+            continue
+        try:
+            renderer.check(str(channel), str(template))
+            if not expression_problems:
+                # A complete sample lead: whatever is still undefined must
+                # come from the step's personalization, and does not.
+                renderer.render(
+                    str(channel), str(template), SAMPLE_LEAD, personalization
+                )
+        except TemplateError as error:
+            problems.append(
+                Problem(
+                    f"sequence[{index}].template",
+                    f"step {label}: {error}",
+                    "template_invalid",
+                )
+            )
     return problems
 
 

@@ -25,7 +25,7 @@ from pydantic import (
     model_validator,
 )
 
-from nurture.conditions import Condition, ConditionError, parse_condition
+from nurture.conditions import EVENT_TYPES, Condition, ConditionError, parse_condition
 from nurture.durations import parse_duration
 from nurture.schemas import StrictCamelModel
 from nurture.sendtime import (
@@ -51,6 +51,21 @@ def _check_condition(text: str | None) -> str | None:
         except ConditionError as error:
             raise ValueError(str(error)) from None
     return text
+
+
+# Events a goal or a wait can name: the condition language's, plus the stage
+# changes that the lead workflow forwards.
+GOAL_EVENTS = (*EVENT_TYPES, "bounce", "unsubscribe", "spamreport")
+
+
+def _check_event(name: str | None) -> str | None:
+    if name is None or name in GOAL_EVENTS:
+        return name
+    if name.startswith("custom:") and len(name) > len("custom:"):
+        return name
+    raise ValueError(
+        f"unknown event {name!r}: use one of {', '.join(GOAL_EVENTS)}, or custom:<name>"
+    )
 
 
 def _check_duration(text: str | None) -> str | None:
@@ -150,6 +165,7 @@ class WaitForEventStep(StepBase):
     on_timeout: str | None = None
 
     _timeout = field_validator("timeout")(_check_duration)
+    _event = field_validator("event")(_check_event)
 
 
 class BranchStep(StepBase):
@@ -260,6 +276,8 @@ class Goal(StrictCamelModel):
     id: str | None = Field(None, pattern=_STEP_ID, max_length=64)
     event: str | None = Field(None, description="converted, replied, custom:<name>...")
     stage: Literal["engaged", "mql", "sql", "customer"] | None = None
+
+    _event = field_validator("event")(_check_event)
 
     @model_validator(mode="after")
     def _one_of(self) -> "Goal":

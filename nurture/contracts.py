@@ -155,6 +155,8 @@ class NurtureState(BaseModel):
     paused: bool = False
     goal: str | None = None
     variants: dict[str, str] = Field(default_factory=dict)
+    # A version the enrollment will move to at its next step.
+    pending_version: int | None = None
     steps: list[StepRecord] = Field(default_factory=list)
     opened_message_ids: list[str] = Field(default_factory=list)
     clicked_message_ids: list[str] = Field(default_factory=list)

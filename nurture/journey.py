@@ -32,6 +32,8 @@ class EnrollmentView(CamelModel):
     waiting_reason: str | None = None
     paused: bool = False
     goal: str | None = None
+    # Set after a migration request, until the enrollment reaches its next step.
+    pending_version: int | None = None
     steps: list[StepView] = []
     live: bool = False
 
@@ -91,6 +93,12 @@ def recommend(
             reason=f"score {score} is at or above the MQL threshold of {mql_threshold}",
         )
     recent = [event for event in engagement if now - event.at <= RECENT]
+    goals = [e for e in enrollments if e.goal is not None]
+    if goals:
+        return NextAction(
+            action="follow_up",
+            reason=f"reached the goal {goals[0].goal} of {goals[0].campaign_name}",
+        )
     clicks = [event for event in recent if event.type == "click"]
     if clicks:
         url = clicks[0].detail.get("url")
@@ -105,9 +113,16 @@ def recommend(
         return NextAction(
             action="wait_for_campaign",
             reason=(
-                f"{first.campaign_name} sends step {first.next_step} at "
+                f"{first.campaign_name} continues with step {first.next_step} at "
                 f"{first.next_step_due_at:%Y-%m-%d %H:%M} UTC"
             ),
+        )
+    live = [e for e in enrollments if e.status == "active"]
+    if live:
+        why = live[0].waiting_reason or "in progress"
+        return NextAction(
+            action="wait_for_campaign",
+            reason=f"enrolled in {live[0].campaign_name} ({why})",
         )
     if any(event.type == "open" for event in recent):
         return NextAction(

@@ -103,14 +103,20 @@ class TemplateRenderer:
                 subject = " ".join(subject.split())
                 if (self.root / folder / "body.html").is_file():
                     html = self.env.get_template(f"{folder}/body.html").render(context)
+        except jinja2.TemplateSyntaxError as error:
+            raise TemplateError(
+                f"template {name!r}: invalid expression in personalization or "
+                f"template, line {error.lineno}: {error.message}"
+            ) from None
         except jinja2.exceptions.SecurityError as error:
             raise TemplateError(
                 f"template {name!r} uses something the sandbox forbids: {error}"
             ) from None
         except jinja2.UndefinedError as error:
             raise TemplateError(
-                f"template {name!r} needs a value the lead does not have: "
-                f"{error.message}. Fill it in on the lead, or declare a fallback "
+                f"template {name!r} needs a value that neither the lead nor the "
+                f"step's personalization gives: {error.message}. Fill it in on "
+                "the lead or in the step's personalization, or declare a fallback "
                 'such as {{ lead.firstName | default("there") }}'
             ) from None
         return Rendered(subject=subject, text=text.strip() + "\n", html=html)

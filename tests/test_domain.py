@@ -173,7 +173,12 @@ def _campaign(**overrides: Any) -> dict[str, Any]:
 
 
 def _step(number: int, **extra: Any) -> dict[str, Any]:
-    return {"step": number, "channel": "email", "template": "welcome_email", **extra}
+    return {
+        "step": number,
+        "channel": "email",
+        "template": "value_proposition",
+        **extra,
+    }
 
 
 def _problems(data: dict[str, Any]) -> list[tuple[str, str]]:
@@ -992,7 +997,7 @@ def test_follow_up_without_url() -> None:
 
 def test_wait_names_due_step() -> None:
     assert _recommend(enrollments=[_enrollment()]).reason == (
-        "SME Onboarding Sequence sends step 2 at 2025-01-02 09:30 UTC"
+        "SME Onboarding Sequence continues with step 2 at 2025-01-02 09:30 UTC"
     )
 
 
@@ -1136,7 +1141,12 @@ def test_loop_with_wait_accepted() -> None:
 
 def test_unreachable_and_missing_next_reported_together() -> None:
     data = _journey(
-        {"id": "a", "channel": "email", "template": "welcome_email", "next": "nowhere"},
+        {
+            "id": "a",
+            "channel": "email",
+            "template": "value_proposition",
+            "next": "nowhere",
+        },
         {"id": "b", "type": "exit"},
     )
     assert _problems(data) == [

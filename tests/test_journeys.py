@@ -13,7 +13,7 @@ from nurture.campaigns import SplitStep
 from nurture.db import session_scope
 from nurture.models import Enrollment, Message
 from nurture.temporal import lead_workflow_id, nurture_workflow_id
-from tests.conftest import Stack, example
+from tests.conftest import Stack, StackFactory, example
 from workflows.lead import LeadWorkflow
 from workflows.nurture import NurtureWorkflow
 
@@ -591,6 +591,7 @@ async def test_manual_enrollment_in_bulk(stack: Stack) -> None:
     assert statuses == [
         (first, "enrolled"),
         (second, "enrolled"),
+        (first, "skipped"),
         ("no-such-lead", "not_found"),
     ]
     assert again.json()[0]["status"] == "skipped"
@@ -776,3 +777,57 @@ async def test_send_time_optimization_uses_open_hour(stack: Stack) -> None:
     assert sent[0].scheduled_at is not None
     local = sent[0].scheduled_at.astimezone(berlin)
     assert (local.hour, local.minute) == (14, 0)
+
+
+async def test_stage_goal_ends_enrollment(stack_factory: StackFactory) -> None:
+    async with stack_factory(mql_threshold=55) as stack:
+        campaign_id = await campaign(
+            stack,
+            [
+                {"id": "welcome", **WELCOME},
+                {"id": "later", "type": "wait", "duration": "P7D"},
+                {"id": "nudge", "channel": "email", "template": "value_proposition"},
+            ],
+            goals=[{"stage": "mql"}],
+        )
+        lead_id = await lead(stack, "rising@company.com")
+        handle = await enrollment(stack, campaign_id, lead_id)
+        await stack.eventually(stack.sendgrid.mails, message="welcome sent")
+
+        response = await stack.api.post(
+            "/api/v1/events", json={"leadId": lead_id, "type": "content_download"}
+        )
+        assert response.status_code == 202
+        result = await handle.result()
+
+        assert result.status == "converted"
+        assert result.goal == "stage:mql"
+        stored = (await stack.api.get(f"/api/v1/leads/{lead_id}")).json()
+        assert stored["stage"] == "mql"
+        assert sent_templates(stack, lead_id) == ["welcome_email"]
+
+
+async def test_missing_personalization_rejected(stack: Stack) -> None:
+    body = {
+        "name": "No personalization",
+        "trigger": {"type": "manual"},
+        "goals": [{"event": "bogus_event"}],
+        "sequence": [
+            {"id": "hello", "channel": "email", "template": "welcome_email"},
+            {
+                "id": "wait",
+                "type": "wait_for_event",
+                "event": "clack",
+                "timeout": "1 day",
+            },
+        ],
+    }
+
+    response = await stack.api.post(CAMPAIGNS, json=body)
+
+    assert response.status_code == 422
+    errors = {e["path"]: e["message"] for e in response.json()["errors"]}
+    assert "firstName" in errors["sequence[0].template"]
+    assert "personalization" in errors["sequence[0].template"]
+    assert "unknown event 'bogus_event'" in errors["goals[0].event"]
+    assert "unknown event 'clack'" in errors["sequence[1].event"]

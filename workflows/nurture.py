@@ -166,6 +166,7 @@ class NurtureWorkflow(LegacySequence):
     def migrate(self, signal: MigrateSignal) -> None:
         """Move to a newer campaign version at the next step boundary."""
         self._migration = signal
+        self._state.pending_version = signal.campaign_version
 
     @workflow.query
     def state(self) -> NurtureState:
@@ -217,6 +218,7 @@ class NurtureWorkflow(LegacySequence):
         migration, self._migration = self._migration, None
         if migration is None:
             return successor
+        self._state.pending_version = None
         spec = migration.campaign
         ids = spec.step_ids()
         if current not in ids:

@@ -85,7 +85,9 @@ def _public(campaign: Campaign, version: CampaignVersion) -> CampaignPublic:
         version=version.version,
         created_at=campaign.created_at,
         updated_at=campaign.updated_at,
-        definition=version.definition,
+        # The definition's own status only sets the first one; the lifecycle
+        # routes change it afterwards, so only the top-level status is current.
+        definition={k: v for k, v in version.definition.items() if k != "status"},
     )
 
 

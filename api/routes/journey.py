@@ -132,7 +132,6 @@ async def read_journey(
             status=enrollment.status,
         )
         if live is not None and live.enrollment_id == enrollment.id:
-            view.live = True
             view.status = live.status
             view.current_step = live.current_step
             view.next_step = live.next_step
@@ -141,6 +140,8 @@ async def read_journey(
             view.paused = live.paused
             view.goal = live.goal
             view.version = live.campaign_version
+            view.pending_version = live.pending_version
+            view.live = live.status == "active"
             view.steps = [
                 StepView(
                     **step.model_dump(),

@@ -44,7 +44,6 @@ from workflows.nurture import NurtureWorkflow
 router = APIRouter(prefix="/api/v1/nurturing/campaigns", tags=["campaigns"])
 logger = logging.getLogger(__name__)
 
-Action = Literal["activate", "pause", "resume", "archive"]
 # From which statuses each action may be taken, and the status it leads to.
 TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "activate": (("draft",), "active"),
@@ -150,7 +149,16 @@ def _claim_all(
             )
         version = current_version(session, campaign)
         spec = CampaignSpec.model_validate(version.definition)
-        for lead_id in dict.fromkeys(lead_ids):
+        seen: set[str] = set()
+        for lead_id in lead_ids:
+            if lead_id in seen:
+                results.append(
+                    EnrollResult(
+                        lead_id=lead_id, status="skipped", reason="listed twice"
+                    )
+                )
+                continue
+            seen.add(lead_id)
             if session.get(Lead, lead_id) is None:
                 results.append(
                     EnrollResult(
@@ -331,10 +339,10 @@ def _migration_targets(
 )
 async def migrate_enrollments(
     campaign_id: str,
-    request: MigrateRequest,
     actor: ActorDep,
     engine: EngineDep,
     temporal: TemporalDep,
+    request: MigrateRequest | None = None,
 ) -> MigrateResult:
     """Move live enrollments to the current version, at their next step.
 
@@ -342,7 +350,11 @@ async def migrate_enrollments(
     the new version; one whose step no longer exists stays on its version.
     """
     to_version, spec, workflow_ids = await run_in_threadpool(
-        _migration_targets, engine, campaign_id, request.from_version, actor
+        _migration_targets,
+        engine,
+        campaign_id,
+        request.from_version if request else None,
+        actor,
     )
     signalled = await _signal_all(
         temporal,
@@ -399,29 +411,14 @@ def simulate_campaign(
         raise ApiError(422, "simulation_failed", f"cannot simulate: {error}") from None
 
 
-# Registered last: its {action} segment would otherwise shadow /enrollments.
 class LifecycleResult(CampaignPublic):
     enrollments_signalled: int
 
 
-@router.post(
-    "/{campaign_id}/{action}",
-    response_model=LifecycleResult,
-    responses=error_responses(401, 404, 409, 422),
-)
-async def change_status(
-    campaign_id: str,
-    action: Action,
-    actor: ActorDep,
-    engine: EngineDep,
-    temporal: TemporalDep,
+async def _change_status(
+    campaign_id: str, action: str, actor: str, engine: sa.Engine, temporal: Client
 ) -> LifecycleResult:
-    """Activate a draft, pause or resume a campaign, or archive it for good.
-
-    Pausing holds every live enrollment's sends where they are; resuming
-    releases them; archiving ends them.
-    """
-    campaign, version, live = await run_in_threadpool(
+    campaign, _version, live = await run_in_threadpool(
         _transition, engine, campaign_id, action, actor
     )
     signalled = 0
@@ -441,3 +438,48 @@ async def change_status(
         "campaign %s: %s, %d enrollments signalled", campaign.id, action, signalled
     )
     return LifecycleResult(**public.model_dump(), enrollments_signalled=signalled)
+
+
+LIFECYCLE_ERRORS = error_responses(401, 404, 409)
+
+
+@router.post(
+    "/{campaign_id}/activate",
+    response_model=LifecycleResult,
+    responses=LIFECYCLE_ERRORS,
+)
+async def activate_campaign(
+    campaign_id: str, actor: ActorDep, engine: EngineDep, temporal: TemporalDep
+) -> LifecycleResult:
+    """Activate a draft campaign: from now on its trigger enrolls leads."""
+    return await _change_status(campaign_id, "activate", actor, engine, temporal)
+
+
+@router.post(
+    "/{campaign_id}/pause", response_model=LifecycleResult, responses=LIFECYCLE_ERRORS
+)
+async def pause_campaign(
+    campaign_id: str, actor: ActorDep, engine: EngineDep, temporal: TemporalDep
+) -> LifecycleResult:
+    """Pause an active campaign: live enrollments hold their sends where they are."""
+    return await _change_status(campaign_id, "pause", actor, engine, temporal)
+
+
+@router.post(
+    "/{campaign_id}/resume", response_model=LifecycleResult, responses=LIFECYCLE_ERRORS
+)
+async def resume_campaign(
+    campaign_id: str, actor: ActorDep, engine: EngineDep, temporal: TemporalDep
+) -> LifecycleResult:
+    """Resume a paused campaign: held sends go out, in their send window."""
+    return await _change_status(campaign_id, "resume", actor, engine, temporal)
+
+
+@router.post(
+    "/{campaign_id}/archive", response_model=LifecycleResult, responses=LIFECYCLE_ERRORS
+)
+async def archive_campaign(
+    campaign_id: str, actor: ActorDep, engine: EngineDep, temporal: TemporalDep
+) -> LifecycleResult:
+    """Archive a campaign for good: its live enrollments end."""
+    return await _change_status(campaign_id, "archive", actor, engine, temporal)
