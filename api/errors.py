@@ -16,6 +16,8 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.service import RPCError
 
+from nurture.schemas import json_path
+
 logger = logging.getLogger(__name__)
 
 
@@ -51,20 +53,6 @@ class ApiError(Exception):
         self.message = message
         self.errors = list(errors)
         self.headers = headers
-
-
-def json_path(loc: Sequence[int | str]) -> str:
-    """Turn a pydantic location such as ("sequence", 1, "delay") into a JSON path.
-
-    That example becomes `sequence[1].delay`.
-    """
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path or "(body)"
 
 
 def field_errors(raw: Sequence[Any], strip_prefix: bool = False) -> list[FieldError]:

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from nurture.campaigns import TEMPLATE_NAME, CampaignSpec, step_id
 from nurture.durations import parse_duration
 from nurture.rendering import TemplateError, TemplateRenderer
+from nurture.schemas import json_path
 
 STEP_TYPES = ("send", "wait", "wait_for_event", "branch", "split", "exit")
 # A lead with every field filled in, for rendering templates at submission.
@@ -51,16 +52,6 @@ class Problem:
     type: str
 
 
-def _path(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += f".{part}" if path else str(part)
-    return path or "(body)"
-
-
 def _pydantic_problems(error: ValidationError) -> list[Problem]:
     problems = []
     for item in error.errors():
@@ -69,7 +60,7 @@ def _pydantic_problems(error: ValidationError) -> list[Problem]:
         if len(loc) >= 3 and loc[0] == "sequence" and loc[2] in STEP_TYPES:
             loc = loc[:2] + loc[3:]
         message = str(item["msg"]).removeprefix("Value error, ")
-        problems.append(Problem(_path(loc), message, item["type"]))
+        problems.append(Problem(json_path(loc), message, item["type"]))
     return problems
 
 

@@ -1,4 +1,6 @@
-"""Base classes for the camelCase JSON that the API reads and writes."""
+"""Base classes for the camelCase JSON the API reads and writes, and its paths."""
+
+from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
@@ -16,3 +18,17 @@ class StrictCamelModel(CamelModel):
     """A camelCase model that rejects keys it does not define."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+def json_path(loc: Sequence[int | str]) -> str:
+    """Turn a pydantic location such as ("sequence", 1, "delay") into a JSON path.
+
+    That example becomes `sequence[1].delay`.
+    """
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path or "(body)"

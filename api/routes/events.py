@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import ActorDep, EngineDep, GatewayDep, SettingsDep
 from api.errors import ApiError, error_responses
 from api.workflow_calls import notify_lead
+from nurture.conditions import EVENT_TYPES as CONDITION_EVENTS
 from nurture.contracts import BehaviorSignal
 from nurture.db import session_scope
 from nurture.models import EngagementEvent, Lead, utcnow
@@ -19,16 +20,9 @@ from nurture.schemas import CamelModel, StrictCamelModel
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
 
-EVENT_TYPES = (
-    "page_view",
-    "pricing_page_view",
-    "content_download",
-    "form_submission",
-    "webinar_registration",
-    "webinar_attendance",
-    "replied",
-    "converted",
-)
+# Opens, clicks and SMS replies come only from the providers' webhooks.
+PROVIDER_EVENTS = frozenset({"open", "click", "sms_reply"})
+EVENT_TYPES = tuple(t for t in CONDITION_EVENTS if t not in PROVIDER_EVENTS)
 _CUSTOM_EVENT = re.compile(r"^custom:[A-Za-z0-9_.\-]{1,64}$")
 # Clocks of browsers and tag managers drift; an event further ahead is a bug.
 MAX_CLOCK_SKEW = timedelta(minutes=5)
