@@ -175,8 +175,10 @@ class NurtureWorkflow(LegacySequence):
     # The journey.
 
     async def _walk(self, input: NurtureInput) -> None:
+        # NOTE: a journey that loops (a wait inside a cycle) adds history on
+        # every round, and this workflow does not continue as new yet, so a
+        # loop without an exit eventually hits Temporal's history limits.
         current: Successor = self._spec.step_ids()[0]
-        previous_message: str | None = None
         while current is not None:
             self._check_stop()
             index = self._spec.step_ids().index(current)
@@ -185,9 +187,7 @@ class NurtureWorkflow(LegacySequence):
                 self._enter(current, index)
             following = self._spec.following(index)
             if isinstance(step, SendStep):
-                message = await self._send_step(input, step, current, index)
-                if message is not None:
-                    previous_message = message
+                await self._send_step(input, step, current, index)
                 successor = step.next or following
             elif isinstance(step, WaitStep):
                 await self._wait_step(input, step, current)
@@ -197,7 +197,9 @@ class NurtureWorkflow(LegacySequence):
                 chosen = step.on_event if happened else step.on_timeout
                 successor = chosen or following
             elif isinstance(step, BranchStep):
-                holds = await self._evaluate(input, step.condition, previous_message)
+                holds = await self._evaluate(
+                    input, step.condition, self._last_message_id()
+                )
                 self._record(current, "branched", None, "then" if holds else "else")
                 successor = (step.then if holds else step.else_) or following
             elif isinstance(step, SplitStep):
