@@ -3,6 +3,7 @@
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from sqlmodel import Session, col, func, select
 
 from nurture.models import EngagementEvent, Lead, utcnow
@@ -35,30 +36,28 @@ ACTIVITY_WINDOW = timedelta(days=30)
 
 def scoring_input(session: Session, lead: Lead) -> tuple[ScoringInput, dict[str, int]]:
     """Build the scoring input of a stored lead, and its event counts by type."""
-    counts = dict(
-        session.exec(
-            select(EngagementEvent.type, func.count())
-            .where(EngagementEvent.lead_id == lead.id)
-            .group_by(EngagementEvent.type)
-        ).all()
-    )
+    # One statement, so the counts, the last activity and the recent count
+    # all see the same events even while new ones are being stored.
+    window_start = utcnow() - ACTIVITY_WINDOW
+    occurred = col(EngagementEvent.occurred_at)
+    rows = session.exec(
+        select(
+            EngagementEvent.type,
+            func.count(),
+            func.max(occurred),
+            func.sum(sa.case((occurred >= window_start, 1), else_=0)),
+        )
+        .where(EngagementEvent.lead_id == lead.id)
+        .group_by(EngagementEvent.type)
+    ).all()
+    counts = {kind: count for kind, count, _last, _recent in rows}
     behavioral: dict[str, int] = {}
     for event_type, fields in EVENT_COUNTERS.items():
         for field in fields:
             behavioral[field] = behavioral.get(field, 0) + counts.get(event_type, 0)
-    last_activity = session.exec(
-        select(func.max(EngagementEvent.occurred_at)).where(
-            EngagementEvent.lead_id == lead.id
-        )
-    ).one()
-    recent = session.exec(
-        select(func.count())
-        .select_from(EngagementEvent)
-        .where(
-            EngagementEvent.lead_id == lead.id,
-            col(EngagementEvent.occurred_at) >= utcnow() - ACTIVITY_WINDOW,
-        )
-    ).one()
+    last_times = [last for _kind, _count, last, _recent in rows if last is not None]
+    last_activity = max(last_times) if last_times else None
+    recent = sum(int(in_window or 0) for _kind, _count, _last, in_window in rows)
     enrichment = lead.enrichment or {}
     custom = lead.custom_fields or {}
     return ScoringInput(
