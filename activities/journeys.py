@@ -99,7 +99,7 @@ class JourneyActivities:
     def _best_hour(
         self, session: Session, lead_id: str, campaign_id: str, zone: str
     ) -> int | None:
-        """The local hour this lead opens at, else the campaign audience's."""
+        """Return the local hour this lead opens at, else the campaign audience's."""
         for condition in (
             Message.lead_id == lead_id,
             Message.campaign_id == campaign_id,

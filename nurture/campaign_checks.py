@@ -65,7 +65,7 @@ def _pydantic_problems(error: ValidationError) -> list[Problem]:
 
 
 def _successors(step: dict[str, Any], default: str | None) -> list[tuple[str, Any]]:
-    """The (field path, target id) pairs a raw step can continue to."""
+    """Return the (field path, target id) pairs a raw step can continue to."""
     kind = step.get("type", "send")
     if kind == "exit":
         return []

@@ -85,7 +85,7 @@ class StepConditions(StrictCamelModel):
     )
 
     def as_expression(self) -> str | None:
-        """The same requirement in the condition language."""
+        """Write the same requirement in the condition language."""
         parts = []
         if self.email_opened is not None:
             parts.append(("" if self.email_opened else "not ") + 'opened("previous")')
@@ -119,7 +119,7 @@ class SendStep(StepBase):
         return parse_duration(self.delay)
 
     def gate(self) -> str | None:
-        """The condition this send requires, combining both ways to write it."""
+        """Return the condition this send requires, combining both ways to write it."""
         parts = [
             c
             for c in (
@@ -361,13 +361,13 @@ class CampaignSpec(StrictCamelModel):
         return dict(zip(self.step_ids(), self.sequence, strict=True))
 
     def following(self, index: int) -> str | None:
-        """The id of the step after position `index` in list order, if any."""
+        """Return the id of the step after position `index` in list order, if any."""
         ids = self.step_ids()
         return ids[index + 1] if index + 1 < len(ids) else None
 
 
 def step_id(step: Any, index: int) -> str:
-    """A step's id: its `id`, else its legacy `step` number, else its position."""
+    """Return a step's id: its `id`, else its `step` number, else its position."""
     if isinstance(step, dict):
         explicit, number = step.get("id"), step.get("step")
     else:

@@ -1,4 +1,4 @@
-"""Who may enter a campaign, and when: triggers and re-entry rules."""
+"""Campaign entry: trigger matching, re-entry rules and claiming an enrollment."""
 
 from datetime import datetime, timedelta
 

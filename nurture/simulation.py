@@ -125,7 +125,7 @@ class _Walk:
         return evaluate(parse_condition(condition), self.facts())
 
     def goal_reached(self, until: datetime) -> tuple[str, datetime] | None:
-        """The first goal an event meets up to `until`, with its time."""
+        """Return the first goal an event meets up to `until`, with its time."""
         for event in sorted(self.events, key=lambda e: e.at):
             if event.at > until:
                 break
@@ -297,7 +297,7 @@ def _advance(walk: _Walk, step: Any, current: str, following: str | None) -> str
 
 
 def _subject(walk: _Walk, step: SendStep) -> str | None:
-    """Render the message's subject for the sample lead, or say why it cannot."""
+    """Render the message's subject for the sample lead, or the reason it cannot."""
     if step.channel == "sms":
         return None
     try:

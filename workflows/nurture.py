@@ -4,7 +4,7 @@ Id `nurture-<campaign id>-<lead id>`. It walks the campaign's steps: each
 wait is a durable timer, each condition is evaluated by an activity against
 the stored facts, each send is planned in the lead's time zone, capped, and
 sent through the outbox. Reaching a goal, or the campaign being archived,
-ends it wherever it waits; pausing holds its sends.
+ends it wherever it waits, and pausing keeps its sends waiting.
 """
 
 from datetime import datetime, timedelta
@@ -498,7 +498,7 @@ class NurtureWorkflow(LegacySequence):
         return "sent"
 
     def _current_variant(self) -> str | None:
-        """The most recent split variant this enrollment took, for analytics."""
+        """Return the most recent split variant this enrollment took, for analytics."""
         return next(reversed(self._state.variants.values()), None)
 
     def _record(

@@ -231,7 +231,7 @@ async def enroll_leads(
     engine: EngineDep,
     temporal: TemporalDep,
 ) -> list[EnrollResult]:
-    """Enroll leads by id, in bulk; each result says enrolled, skipped or not found.
+    """Enroll leads by id, in bulk; each result is enrolled, skipped or not_found.
 
     The campaign's re-entry rule applies, and a lead never has two live
     enrollments in one campaign.
@@ -346,8 +346,8 @@ async def migrate_enrollments(
 ) -> MigrateResult:
     """Move live enrollments to the current version, at their next step.
 
-    Each enrollment continues after the step it is in, by that step's id in
-    the new version; one whose step no longer exists stays on its version.
+    Each enrollment continues after the step it is in, found by that step's
+    id in the new version. One whose step no longer exists stays on its version.
     """
     to_version, spec, workflow_ids = await run_in_threadpool(
         _migration_targets,
