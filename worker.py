@@ -76,7 +76,7 @@ def build_workers(
     """Build the main worker and the send worker for the configured task queues.
 
     By default a bug in workflow code fails the workflow task, which Temporal
-    retries until a fixed worker is deployed; tests set `fail_workflow_on_bug`
+    retries until a fixed worker is deployed. Tests set `fail_workflow_on_bug`
     so that such a bug fails the workflow, and the test, at once.
     """
     leads = LeadActivities(engine, settings)

@@ -50,7 +50,7 @@ def lock_lead(session: Session, lead_id: str) -> Lead:
     """Load a lead and hold its row lock until commit.
 
     Sends to one lead then check and reserve frequency caps one at a time.
-    NOTE: SQLite ignores the lock; there only the worker process's own lock
+    NOTE: SQLite ignores the lock. There only the worker process's own lock
     in prepare_message serializes sends, so two worker processes on one
     SQLite file could both take a lead's last capped slot.
     """

@@ -57,7 +57,7 @@ class MessagingActivities:
         the message is stored as failed with the reason, and the error is
         non-retryable. Every send passes through here, so this is where the
         frequency caps are enforced: a capped message is not stored, and the
-        answer says when to try again.
+        result gives the time to try again.
         """
         with _lead_lock(input.lead_id), session_scope(self.engine) as session:
             existing = session.get(Message, input.message_id)

@@ -1,7 +1,7 @@
 """Validation of a submitted campaign, reporting every problem at once.
 
 Field-level problems (types, durations, conditions, time zones) come from
-the pydantic models; the journey's shape (duplicate ids, a `next` to a
+the pydantic models. The journey's shape (duplicate ids, a `next` to a
 missing step, unreachable steps, loops without a wait) and the templates are
 checked here on the raw JSON, so both kinds are reported together.
 """

@@ -108,7 +108,7 @@ class SendStep(StepBase):
     personalization: dict[str, str] = Field(default_factory=dict)
     conditions: StepConditions | None = None
     condition: str | None = Field(
-        None, description="Send only when this condition holds; skip otherwise."
+        None, description="Send only when this condition is true; skip otherwise."
     )
 
     _delay = field_validator("delay")(_check_duration)

@@ -181,7 +181,7 @@ class PreparedMessage(BaseModel):
     message_id: str
     status: str
     skipped_reason: str | None = None
-    # Set when a frequency cap holds the send back: try again at this time.
+    # Set when a frequency cap defers the send: try again at this time.
     deferred_until: datetime | None = None
     deferred_reason: str | None = None
 

@@ -119,10 +119,10 @@ def recommend(
         )
     live = [e for e in enrollments if e.status == "active"]
     if live:
-        why = live[0].waiting_reason or "in progress"
+        waiting = live[0].waiting_reason or "in progress"
         return NextAction(
             action="wait_for_campaign",
-            reason=f"enrolled in {live[0].campaign_name} ({why})",
+            reason=f"enrolled in {live[0].campaign_name} ({waiting})",
         )
     if any(event.type == "open" for event in recent):
         return NextAction(

@@ -15,7 +15,7 @@ MAX_EVENTS = 5000
 
 
 def lead_document(lead: Lead) -> dict[str, Any]:
-    """The lead's camelCase JSON, as conditions name its fields."""
+    """Return the lead's camelCase JSON, as conditions name its fields."""
     return LeadPublic.from_lead(lead).model_dump(mode="json")
 
 

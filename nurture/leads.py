@@ -96,7 +96,7 @@ class CompanyIn(StrictCamelModel):
 
 
 class SourceIn(StrictCamelModel):
-    """Where the lead came from, as UTM parameters name it."""
+    """The lead's origin, as UTM parameters name it."""
 
     channel: str | None = Field(None, max_length=64)
     campaign: str | None = Field(None, max_length=MAX_TEXT)

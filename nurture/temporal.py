@@ -8,7 +8,11 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
+from temporalio.common import (
+    SearchAttributeKey,
+    SearchAttributePair,
+    TypedSearchAttributes,
+)
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from nurture.config import Settings
@@ -37,6 +41,18 @@ DEV_SERVER_SEARCH_ATTRIBUTES = [
     "CampaignId=Keyword",
     "CampaignStep=Int",
 ]
+
+
+def enrollment_search_attributes(
+    lead_id: str, campaign_id: str
+) -> TypedSearchAttributes:
+    """The search attributes an enrollment's workflow starts with."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(LEAD_ID, lead_id),
+            SearchAttributePair(CAMPAIGN_ID, campaign_id),
+        ]
+    )
 
 
 def lead_workflow_id(lead_id: str) -> str:

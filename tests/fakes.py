@@ -1,6 +1,6 @@
 """Fake SendGrid, Twilio and CRM HTTP servers on 127.0.0.1 for the official SDKs.
 
-Each records the requests it gets and answers like the real API: SendGrid's
+Each records the requests it gets and responds like the real API: SendGrid's
 v3 mail send with 202 and an X-Message-Id header, Twilio's Messages resource
 with 201 and a message SID. Tests queue error answers to see retries.
 """
@@ -37,7 +37,7 @@ class Answer:
 
 
 class FakeServer:
-    """A threaded HTTP server whose answers tests can script."""
+    """A threaded HTTP server whose responses tests can script."""
 
     def __init__(self) -> None:
         self.requests: list[Recorded] = []

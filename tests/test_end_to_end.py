@@ -30,7 +30,7 @@ async def create_lead(stack: Stack, **contact: str) -> str:
     lead["contact"].update(contact)
     response = await stack.api.post("/api/v1/leads", json=lead)
     assert response.status_code == 201, response.text
-    # The answer already carries the score that the campaign trigger checks.
+    # The response already carries the score that the campaign trigger checks.
     assert response.json()["score"] == 52
     assert response.json()["scoreReasons"][0]["criterion"] == "industry"
     return str(response.json()["id"])

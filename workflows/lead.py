@@ -3,7 +3,7 @@
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributePair, TypedSearchAttributes
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
@@ -21,7 +21,11 @@ with workflow.unsafe.imports_passed_through():
         ScoreLeadInput,
         ScoreSnapshot,
     )
-    from nurture.temporal import CAMPAIGN_ID, LEAD_ID, LEAD_SCORE, LEAD_STAGE
+    from nurture.temporal import (
+        LEAD_SCORE,
+        LEAD_STAGE,
+        enrollment_search_attributes,
+    )
     from workflows.nurture import NurtureWorkflow
 
 # Workflows started before this marker did not forward events to enrollments.
@@ -201,11 +205,8 @@ class LeadWorkflow:
                 # The default policy, TERMINATE, would kill every enrollment
                 # in flight when this workflow continues as new.
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,
-                search_attributes=TypedSearchAttributes(
-                    [
-                        SearchAttributePair(LEAD_ID, plan.lead_id),
-                        SearchAttributePair(CAMPAIGN_ID, plan.campaign_id),
-                    ]
+                search_attributes=enrollment_search_attributes(
+                    plan.lead_id, plan.campaign_id
                 ),
             )
         except WorkflowAlreadyStartedError:

@@ -197,11 +197,12 @@ class NurtureWorkflow(LegacySequence):
                 chosen = step.on_event if happened else step.on_timeout
                 successor = chosen or following
             elif isinstance(step, BranchStep):
-                holds = await self._evaluate(
+                condition_met = await self._evaluate(
                     input, step.condition, self._last_message_id()
                 )
-                self._record(current, "branched", None, "then" if holds else "else")
-                successor = (step.then if holds else step.else_) or following
+                branch = "then" if condition_met else "else"
+                self._record(current, "branched", None, branch)
+                successor = (step.then if condition_met else step.else_) or following
             elif isinstance(step, SplitStep):
                 variant = step.choose(f"{input.lead_id}:{input.campaign_id}:{current}")
                 self._state.variants[current] = variant.name

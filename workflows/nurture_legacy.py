@@ -2,7 +2,7 @@
 
 Workflows started before the journey language existed ran the sequence as a
 plain list of delayed sends. Their histories must replay on new code, so
-`NurtureWorkflow` runs this code for them (`workflow.patched` tells which);
+`NurtureWorkflow` runs this code for them (`workflow.patched` decides which);
 the commands issued here must never change.
 """
 

@@ -67,7 +67,7 @@ def _message_statuses(session: Session, lead_id: str) -> dict[str, str]:
 
 @dataclass
 class _Stored:
-    """What the database knows of a lead's journey."""
+    """The stored records of a lead's journey."""
 
     lead: Lead
     enrollments: list[tuple[Enrollment, str]]

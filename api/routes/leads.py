@@ -105,7 +105,7 @@ async def _read_payload(request: Request) -> LeadCreate:
 
 
 def _enrich_and_score(session: Session, lead: Lead, settings: Settings) -> None:
-    """Score the lead now, so the answer carries its score; its workflow rescores."""
+    """Score the lead now, so the response carries its score; its workflow rescores."""
     lead.enrichment = enrich(lead.model_dump()).model_dump()
     rescore(session, lead, settings.mql_threshold)
 

@@ -12,7 +12,6 @@ from pydantic import Field
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
-from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import ActorDep, EngineDep, SessionDep, SettingsDep, TemporalDep
@@ -38,7 +37,7 @@ from nurture.models import (
 )
 from nurture.schemas import CamelModel, StrictCamelModel
 from nurture.simulation import SimulationRequest, SimulationResult, simulate
-from nurture.temporal import CAMPAIGN_ID, LEAD_ID
+from nurture.temporal import enrollment_search_attributes
 from workflows.nurture import NurtureWorkflow
 
 router = APIRouter(prefix="/api/v1/nurturing/campaigns", tags=["campaigns"])
@@ -208,11 +207,8 @@ async def _start(
         ),
         id=enrollment.workflow_id,
         task_queue=settings.task_queue,
-        search_attributes=TypedSearchAttributes(
-            [
-                SearchAttributePair(LEAD_ID, enrollment.lead_id),
-                SearchAttributePair(CAMPAIGN_ID, enrollment.campaign_id),
-            ]
+        search_attributes=enrollment_search_attributes(
+            enrollment.lead_id, enrollment.campaign_id
         ),
     )
 
