@@ -1,12 +1,17 @@
 """The Temporal worker: runs the workflows and activities of nurture.
 
-Two task queues, so each part scales on its own:
+Three task queues, so each part scales on its own:
 - `NURTURE_TASK_QUEUE` (default `nurture`): workflows and database activities;
 - `<that>-send`: provider calls, limited to SEND_RATE_PER_SECOND for the
-  whole queue, so a large campaign cannot exceed the provider account's limits.
+  whole queue, so a large campaign cannot exceed the provider account's limits;
+- `<that>-score`: model training and batch rescoring, which are CPU-bound.
+
+`python worker.py --queues score` runs one part alone; the default is all.
 """
 
+import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +34,7 @@ from activities.providers import (
     SmsSender,
     TwilioSmsSender,
 )
+from activities.scoring import ScoringActivities
 from nurture.config import DATA_DIR, Settings, get_settings
 from nurture.db import create_db_engine, migrate
 from nurture.logs import configure_logging
@@ -36,6 +42,7 @@ from nurture.rendering import TemplateRenderer
 from nurture.temporal import connect, ensure_search_attributes
 from workflows.lead import LeadWorkflow
 from workflows.nurture import NurtureWorkflow
+from workflows.training import ModelTrainingWorkflow, RescoreAllWorkflow
 
 logger = logging.getLogger("nurture.worker")
 
@@ -73,7 +80,7 @@ def build_workers(
     sms_sender: SmsSender | None = None,
     fail_workflow_on_bug: bool = False,
 ) -> list[Worker]:
-    """Build the main worker and the send worker for the configured task queues.
+    """Build the main, send and score workers for the configured task queues.
 
     By default a bug in workflow code fails the workflow task, which Temporal
     retries until a fixed worker is deployed. Tests set `fail_workflow_on_bug`
@@ -97,7 +104,12 @@ def build_workers(
     main = Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[LeadWorkflow, NurtureWorkflow],
+        workflows=[
+            LeadWorkflow,
+            NurtureWorkflow,
+            ModelTrainingWorkflow,
+            RescoreAllWorkflow,
+        ],
         activities=[
             leads.enrich_lead,
             leads.score_lead,
@@ -123,10 +135,27 @@ def build_workers(
         max_task_queue_activities_per_second=settings.send_rate_per_second,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )
-    return [main, send]
+    scoring = ScoringActivities(engine, settings)
+    score = Worker(
+        client,
+        task_queue=settings.score_task_queue,
+        activities=[
+            scoring.train_model,
+            scoring.mark_training_failed,
+            scoring.rescore_batch,
+        ],
+        activity_executor=executor,
+        # Training takes both cores; more at once would only slow each down.
+        max_concurrent_activities=2,
+        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+    )
+    return [main, send, score]
 
 
-async def run(settings: Settings) -> None:
+QUEUES = ("main", "send", "score")
+
+
+async def run(settings: Settings, queues: tuple[str, ...] = QUEUES) -> None:
     migrate(settings.database_url)
     engine = create_db_engine(settings.database_url)
     client = await connect(settings)
@@ -136,23 +165,36 @@ async def run(settings: Settings) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
-        workers = build_workers(client, settings, engine, executor)
+        built = build_workers(client, settings, engine, executor)
+        workers = [w for name, w in zip(QUEUES, built, strict=True) if name in queues]
         logger.info(
-            "worker polling %s and %s on %s",
-            settings.task_queue,
-            settings.send_task_queue,
+            "worker polling %s on %s",
+            ", ".join(w.task_queue for w in workers),
             settings.temporal_address,
         )
-        async with workers[0], workers[1]:
+        async with contextlib.AsyncExitStack() as stack:
+            for worker in workers:
+                await stack.enter_async_context(worker)
             await stop.wait()
             logger.info("worker stopping: finishing activities in progress")
     engine.dispose()
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the nurture Temporal worker.")
+    parser.add_argument(
+        "--queues",
+        default=",".join(QUEUES),
+        help="Comma-separated parts to run: main, send, score (default: all).",
+    )
+    args = parser.parse_args()
+    queues = tuple(q.strip() for q in args.queues.split(",") if q.strip())
+    unknown = sorted(set(queues) - set(QUEUES))
+    if unknown or not queues:
+        parser.error(f"--queues takes main, send and score; got {args.queues!r}")
     settings = get_settings()
     configure_logging()
-    asyncio.run(run(settings))
+    asyncio.run(run(settings, queues))
 
 
 if __name__ == "__main__":

@@ -106,6 +106,11 @@ class LeadActivities:
                 dimensions={str(k): v for k, v in result.dimensions.items()},
                 reasons=result.reasons,
                 scored_at=result.scored_at,
+                rules_score=result.rules_score,
+                conversion_probability=result.model.probability
+                if result.model
+                else None,
+                model_version=result.model.version if result.model else None,
             )
 
     @activity.defn

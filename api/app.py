@@ -16,9 +16,11 @@ from api.routes import (
     campaigns,
     events,
     health,
+    imports,
     journey,
     leads,
     lifecycle,
+    outcomes,
     scoring,
     webhooks,
 )
@@ -71,6 +73,8 @@ def create_app(
     app.state.engine = engine or create_db_engine(settings.database_url)
     app.state.temporal = TemporalGateway(settings, temporal_client)
     app.state.renderer = TemplateRenderer(settings.templates_dir)
+    # CSV imports running in the background; held so they are not collected.
+    app.state.background_tasks = set()
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -88,7 +92,9 @@ def create_app(
 
     for module in (
         health,
+        imports,
         leads,
+        outcomes,
         journey,
         scoring,
         campaigns,

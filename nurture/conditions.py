@@ -88,6 +88,7 @@ MESSAGE_SELECTORS = ("previous", "any")
 EVENT_TYPES = (
     "page_view",
     "pricing_page_view",
+    "demo_page_view",
     "content_download",
     "form_submission",
     "webinar_registration",

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         """Task queue of the provider calls, rate limited across all its workers."""
         return f"{self.task_queue}-send"
 
+    @property
+    def score_task_queue(self) -> str:
+        """Task queue of model training and batch rescoring."""
+        return f"{self.task_queue}-score"
+
 
 _PERIODS = {
     "hour": timedelta(hours=1),

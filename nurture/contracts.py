@@ -58,6 +58,9 @@ class ScoreSnapshot(BaseModel):
     dimensions: dict[str, DimensionScore] = Field(default_factory=dict)
     reasons: list[Reason] = Field(default_factory=list)
     scored_at: datetime | None = None
+    rules_score: int | None = None
+    conversion_probability: float | None = None
+    model_version: int | None = None
 
 
 class LeadState(BaseModel):
@@ -72,6 +75,8 @@ class LeadState(BaseModel):
     started_enrollments: list[str] = Field(default_factory=list)
     # Workflow ids of the lead's live enrollments, which its events are sent to.
     live_enrollments: list[str] = Field(default_factory=list)
+    # Whether the lead was handed to sales (a sales task) on becoming an MQL.
+    handed_off: bool = False
 
 
 class LeadWorkflowInput(BaseModel):
@@ -248,3 +253,32 @@ class RecordMigrationInput(BaseModel):
 class CrmSyncInput(BaseModel):
     lead_id: str
     reason: str
+
+
+class TrainModelInput(BaseModel):
+    """Train the model stored as `version`, with the options stored beside it."""
+
+    version: int
+
+
+class TrainingFailure(BaseModel):
+    version: int
+    error: str
+
+
+class RescoreBatchInput(BaseModel):
+    """Rescore the leads after `after_id` in id order, at most `limit` of them."""
+
+    after_id: str = ""
+    limit: int = 2000
+
+
+class RescoreBatchResult(BaseModel):
+    rescored: int
+    last_id: str | None = None
+
+
+class RescoreInput(BaseModel):
+    batch_size: int = 2000
+    rescored: int = 0
+    after_id: str = ""

@@ -68,6 +68,9 @@ class JourneyView(CamelModel):
     dimensions: dict[str, Any]
     reasons: list[dict[str, Any]]
     live: bool
+    conversion_probability: float | None = None
+    model_contributions: list[dict[str, Any]] = []
+    outcome: str | None = None
     enrollments: list[EnrollmentView]
     recent_engagement: list[EngagementView]
     tasks: list[TaskView] = []

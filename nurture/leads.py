@@ -61,6 +61,7 @@ class ContactIn(StrictCamelModel):
     timezone: str | None = Field(
         None, max_length=64, description="IANA time zone, e.g. Europe/Berlin."
     )
+    job_title: str | None = Field(None, max_length=MAX_TEXT)
 
     _strip = field_validator("*", mode="before")(_strip)
 
@@ -90,6 +91,12 @@ class CompanyIn(StrictCamelModel):
     website: str | None = Field(None, max_length=MAX_TEXT)
     country: str | None = Field(
         None, max_length=64, description='ISO 3166 code or name, e.g. "DE".'
+    )
+    growth_stage: str | None = Field(
+        None, max_length=64, description='Funding or growth stage, e.g. "Series B".'
+    )
+    technologies: list[str] | None = Field(
+        None, max_length=100, description='Tools the company uses: ["HubSpot"].'
     )
 
     _strip = field_validator("*", mode="before")(_strip)
@@ -154,6 +161,9 @@ FORM_FIELDS: dict[str, tuple[str, str]] = {
     "website": ("company", "website"),
     "country": ("company", "country"),
     "timezone": ("contact", "timezone"),
+    "jobTitle": ("contact", "jobTitle"),
+    "job_title": ("contact", "jobTitle"),
+    "title": ("contact", "jobTitle"),
     "utm_source": ("source", "channel"),
     "utm_campaign": ("source", "campaign"),
     "utm_medium": ("source", "medium"),
@@ -189,6 +199,7 @@ def lead_columns(
             "first_name": contact.first_name,
             "last_name": contact.last_name,
             "timezone": contact.timezone,
+            "job_title": contact.job_title,
         }
         if contact.email:
             columns["email"] = contact.email
@@ -207,6 +218,8 @@ def lead_columns(
             "company_revenue": company.revenue,
             "company_website": company.website,
             "company_country": company.country,
+            "company_growth_stage": company.growth_stage,
+            "company_technologies": company.technologies,
         }
     if source is not None:
         columns |= {
@@ -323,6 +336,7 @@ class ContactOut(CamelModel):
     phone: str | None
     phone_status: str | None
     timezone: str | None
+    job_title: str | None = None
 
 
 class CompanyOut(CamelModel):
@@ -332,6 +346,8 @@ class CompanyOut(CamelModel):
     revenue: str | None
     website: str | None
     country: str | None
+    growth_stage: str | None = None
+    technologies: list[str] = []
 
 
 class SourceOut(CamelModel):
@@ -350,6 +366,15 @@ class LeadPublic(CamelModel):
     enrichment: dict[str, Any]
     score: int
     score_reasons: list[dict[str, Any]]
+    rules_score: int | None = None
+    conversion_probability: float | None = None
+    model_contributions: list[dict[str, Any]] = []
+    criteria_version: int | None = None
+    model_version: int | None = None
+    outcome: str | None = None
+    outcome_at: datetime | None = None
+    external_id: str | None = None
+    activity: dict[str, Any] = {}
     stage: str
     status: str
     created_at: datetime
@@ -368,6 +393,7 @@ class LeadPublic(CamelModel):
                 phone=lead.phone,
                 phone_status=lead.phone_status,
                 timezone=lead.timezone,
+                job_title=lead.job_title,
             ),
             company=CompanyOut(
                 name=lead.company_name,
@@ -376,6 +402,8 @@ class LeadPublic(CamelModel):
                 revenue=lead.company_revenue,
                 website=lead.company_website,
                 country=lead.company_country,
+                growth_stage=lead.company_growth_stage,
+                technologies=lead.company_technologies,
             ),
             source=SourceOut(
                 channel=lead.source_channel,
@@ -387,6 +415,15 @@ class LeadPublic(CamelModel):
             enrichment=lead.enrichment,
             score=lead.score,
             score_reasons=lead.score_reasons,
+            rules_score=lead.rules_score,
+            conversion_probability=lead.conversion_probability,
+            model_contributions=lead.model_contributions,
+            criteria_version=lead.criteria_version,
+            model_version=lead.model_version,
+            outcome=lead.outcome,
+            outcome_at=lead.outcome_at,
+            external_id=lead.external_id,
+            activity=lead.activity,
             stage=lead.stage,
             status=lead.status,
             created_at=lead.created_at,

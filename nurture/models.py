@@ -2,6 +2,7 @@
 
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -73,6 +74,11 @@ class Lead(SQLModel, table=True):
     company_revenue: str | None = None
     company_website: str | None = None
     company_country: str | None = None
+    company_growth_stage: str | None = None
+    company_technologies: list[str] = Field(default_factory=list, sa_type=JSON)
+    job_title: str | None = None
+    # The lead's id in the system it came from (a CSV import, a partner).
+    external_id: str | None = Field(default=None, unique=True)
 
     source_channel: str | None = Field(default=None, index=True)
     source_campaign: str | None = None
@@ -82,9 +88,24 @@ class Lead(SQLModel, table=True):
     custom_fields: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     enrichment: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
 
+    # Behavior totals brought in by an import, with the time they were true
+    # ("asOf"), added to the behavior events when scoring.
+    activity: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
     score: int = Field(default=0, index=True)
     score_reasons: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
     scored_at: datetime | None = _optional_timestamp()
+    rules_score: int | None = None
+    conversion_probability: float | None = None
+    # The model's explanation of its probability for this lead.
+    model_contributions: list[dict[str, Any]] = Field(
+        default_factory=list, sa_type=JSON
+    )
+    criteria_version: int | None = None
+    model_version: int | None = None
+    # The latest recorded outcome: "converted" or "lost".
+    outcome: str | None = Field(default=None, index=True)
+    outcome_at: datetime | None = _optional_timestamp()
     stage: str = "new"
     status: str = Field(default="active", index=True)
     # When Temporal last accepted a start or signal for the lead's workflow.
@@ -204,3 +225,80 @@ class AuditEntry(SQLModel, table=True):
     entity_type: str
     entity_id: str = Field(index=True)
     detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class LeadOutcome(SQLModel, table=True):
+    """A recorded outcome of a lead; the newest one is copied onto the lead."""
+
+    __tablename__ = "lead_outcomes"
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: str = Field(foreign_key="leads.id", index=True)
+    outcome: str
+    value: Decimal | None = Field(default=None, sa_type=sa.Numeric(14, 2))
+    currency: str | None = None
+    occurred_at: datetime = _timestamp()
+    recorded_at: datetime = _timestamp()
+    # "api", or "import:<import id>".
+    source: str
+    recorded_by: str
+    note: str | None = None
+
+
+class ScoringCriteriaVersion(SQLModel, table=True):
+    """One version of the scoring criteria; the highest version is in force."""
+
+    __tablename__ = "scoring_criteria_versions"
+
+    version: int | None = Field(default=None, primary_key=True)
+    criteria: dict[str, Any] = Field(sa_type=JSON)
+    created_at: datetime = _timestamp()
+    created_by: str
+    note: str | None = None
+
+
+class ScoringModel(SQLModel, table=True):
+    """A trained conversion model: its artifact, metrics and lifecycle."""
+
+    __tablename__ = "scoring_models"
+
+    version: int | None = Field(default=None, primary_key=True)
+    # "training", "ready" or "failed".
+    status: str = Field(default="training", index=True)
+    stage: str = "queued"
+    progress: float = 0.0
+    options: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    metrics: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    features: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    dropped_features: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    error: str | None = None
+    artifact: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
+    workflow_id: str | None = None
+    created_at: datetime = _timestamp()
+    created_by: str
+    finished_at: datetime | None = _optional_timestamp()
+    promoted: bool = Field(default=False, index=True)
+    promoted_at: datetime | None = _optional_timestamp()
+
+
+class LeadImport(SQLModel, table=True):
+    """A CSV import: its progress while it runs and its report after."""
+
+    __tablename__ = "lead_imports"
+
+    id: str = Field(default_factory=new_id, primary_key=True)
+    # "running", "completed" or "failed".
+    status: str = "running"
+    filename: str | None = None
+    mapping: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_by: str
+    created_at: datetime = _timestamp()
+    finished_at: datetime | None = _optional_timestamp()
+    rows_read: int = 0
+    accepted: int = 0
+    merged: int = 0
+    rejected: int = 0
+    outcomes: int = 0
+    # The first rejected rows with their reasons; `rejected` counts them all.
+    errors: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
+    error: str | None = None

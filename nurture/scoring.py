@@ -1,89 +1,29 @@
-"""Rule-based lead scoring with reasons, shared by the API and the scoring activity.
+"""Lead scores with reasons, shared by the API and the scoring activity.
 
-A score is the sum of three capped dimensions: firmographic fit (50 points),
-behavior (30) and engagement (20). Every point comes with the fact behind it.
+A score runs from 0 to 100. The rules give points per criterion (see
+`nurture.criteria`); when a model is promoted, its conversion probability
+is blended in with the weight the criteria name.
 """
 
+import math
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Literal
+from datetime import datetime
+from typing import Literal, cast
 
 from pydantic import AwareDatetime, Field
+from pydantic.alias_generators import to_camel
 
-from nurture.enrichment import midpoint, normalize_industry, parse_amounts
+from nurture.criteria import (
+    COUNTERS,
+    CompiledRules,
+    Dimension,
+    LeadFacts,
+    RuleScore,
+    built_in_rules,
+)
+from nurture.enrichment import midpoint, normalize_industry
+from nurture.learning import Contribution, FeatureRow, TrainedModel
 from nurture.schemas import CamelModel, StrictCamelModel
-from nurture.wording import count_of, describe_age
-
-Dimension = Literal["firmographic", "behavioral", "engagement"]
-DIMENSION_MAX: dict[Dimension, int] = {
-    "firmographic": 50,
-    "behavioral": 30,
-    "engagement": 20,
-}
-
-INDUSTRY_POINTS = {
-    "Technology": 15,
-    "Financial Services": 12,
-    "Healthcare": 10,
-    "Professional Services": 9,
-    "Manufacturing": 8,
-    "Retail": 6,
-    "Education": 5,
-    "Government": 4,
-}
-OTHER_INDUSTRY_POINTS = 3
-
-# (upper bound inclusive, points); the first bound that fits wins.
-EMPLOYEE_POINTS = ((10, 2), (50, 5), (200, 8), (1000, 10), (5000, 9), (None, 7))
-REVENUE_POINTS = (
-    (1_000_000, 2),
-    (5_000_000, 5),
-    (10_000_000, 7),
-    (50_000_000, 9),
-    (None, 10),
-)
-BUDGET_POINTS = ((5_000, 1), (10_000, 3), (50_000, 6), (None, 8))
-TIMELINE_MONTH_POINTS = ((1, 7), (3, 6), (6, 4), (12, 2), (None, 0))
-FREE_MAIL_PENALTY = -5
-ROLE_ADDRESS_PENALTY = -3
-
-
-@dataclass(frozen=True)
-class CountRule:
-    """Points for each time a behavior happened, up to a cap."""
-
-    field: str
-    singular: str
-    plural: str
-    points_each: int
-    cap: int
-
-    def describe(self, count: int) -> str:
-        return count_of(count, self.singular, self.plural)
-
-
-BEHAVIOR_RULES = (
-    CountRule("website_visits", "website visit", "website visits", 1, 5),
-    CountRule("pricing_page_views", "pricing page view", "pricing page views", 4, 8),
-    CountRule("content_downloads", "content download", "content downloads", 4, 8),
-    CountRule(
-        "webinar_registrations", "webinar registration", "webinar registrations", 4, 8
-    ),
-    CountRule("form_submissions", "form submission", "form submissions", 3, 6),
-    CountRule("email_opens", "email open", "email opens", 1, 4),
-    CountRule("email_clicks", "email click", "email clicks", 3, 9),
-    CountRule("sms_replies", "SMS reply", "SMS replies", 4, 8),
-)
-RECENCY_POINTS = (
-    (timedelta(days=1), 8),
-    (timedelta(days=7), 6),
-    (timedelta(days=30), 3),
-)
-RECENCY_POINTS_LAST = (timedelta(days=90), 1)
-ACTIVITY_POINTS_CAP = 6
-ENGAGEMENT_SCORE_WEIGHT = 6
 
 
 class Firmographic(StrictCamelModel):
@@ -92,25 +32,46 @@ class Firmographic(StrictCamelModel):
     revenue: str | None = Field(None, description='Annual revenue, e.g. "$5M-$10M".')
     budget: str | None = Field(None, description='Budget, e.g. "$10K-$50K".')
     timeline: str | None = Field(None, description='Buying timeline: "3-6 months".')
-    free_mail: bool = False
-    role_address: bool = False
+    country: str | None = Field(None, description='ISO code or name, e.g. "DE".')
+    job_title: str | None = None
+    technologies: list[str] = Field(default_factory=list, max_length=100)
+    growth_stage: str | None = Field(None, description='e.g. "Series B", "public".')
+    email_type: Literal["company", "free", "role"] | None = None
+    free_mail: bool = Field(False, description="Same as emailType free.")
+    role_address: bool = Field(False, description="Same as emailType role.")
 
 
 class Behavioral(StrictCamelModel):
+    """Behavior totals, treated as happening at `asOf` (now when left out)."""
+
     website_visits: int = Field(0, ge=0)
     pricing_page_views: int = Field(0, ge=0)
+    demo_page_views: int = Field(0, ge=0)
     content_downloads: int = Field(0, ge=0)
     webinar_registrations: int = Field(0, ge=0)
+    webinar_attendances: int = Field(0, ge=0)
     form_submissions: int = Field(0, ge=0)
     email_opens: int = Field(0, ge=0)
     email_clicks: int = Field(0, ge=0)
     sms_replies: int = Field(0, ge=0)
+    pages_per_visit: float | None = Field(None, ge=0)
+    time_on_site_seconds: float | None = Field(None, ge=0)
+    as_of: AwareDatetime | None = None
 
 
 class Engagement(StrictCamelModel):
     last_activity: AwareDatetime | None = None
+    activities_7d: int | None = Field(
+        None, ge=0, alias="activities7d", description="Activities in the last 7 days."
+    )
     total_activities: int = Field(
         0, ge=0, description="Activities in the last 30 days."
+    )
+    channels: list[str] = Field(
+        default_factory=list, description='Channels the lead used: "web", "email"...'
+    )
+    response_hours: float | None = Field(
+        None, ge=0, description="Typical hours from our message to the lead's answer."
     )
     engagement_score: float | None = Field(None, ge=0, le=1)
 
@@ -120,12 +81,17 @@ class ScoringInput(StrictCamelModel):
     firmographic: Firmographic = Field(default_factory=Firmographic)
     behavioral: Behavioral = Field(default_factory=Behavioral)
     engagement: Engagement = Field(default_factory=Engagement)
+    features: FeatureRow = Field(
+        default_factory=dict,
+        description="Extra facts for the model, named as in training, e.g. "
+        '{"Lead Origin": "API"}.',
+    )
 
 
 class Reason(CamelModel):
     criterion: str
     dimension: Dimension
-    points: int
+    points: int | float
     fact: str
 
 
@@ -134,175 +100,239 @@ class DimensionScore(CamelModel):
     max: int
 
 
+class ModelScore(CamelModel):
+    version: int
+    probability: float = Field(description="Conversion probability, 0 to 1.")
+    confidence: float = Field(
+        description="Probability that the predicted outcome is right, 0.5 to 1."
+    )
+    contributions: list[Contribution] = Field(
+        description="Features that pushed the probability up or down for this lead."
+    )
+
+
 class ScoreResult(CamelModel):
     lead_id: str | None = None
     score: int
+    rules_score: int
     dimensions: dict[Dimension, DimensionScore]
     reasons: list[Reason]
-    method: Literal["rules"] = "rules"
+    method: Literal["rules", "rules+model"] = "rules"
+    model: ModelScore | None = None
+    note: str | None = None
+    criteria_version: int = 0
     scored_at: datetime
 
 
-def _banded(value: float, bands: tuple[tuple[int | None, int], ...]) -> int:
-    for bound, points in bands:
-        if bound is None or value <= bound:
-            return points
-    return 0
+NO_MODEL_NOTE = (
+    "rules only: no model is promoted; train one with POST /api/v1/scoring/models"
+)
+
+STAGES = ("new", "engaged", "mql", "sql", "customer")
+
+
+def blend(rules_score: int, probability: float | None, weight: float) -> int:
+    """Return the final score: the rules blended with the model's probability."""
+    if probability is None:
+        return rules_score
+    # Half points round up, as in the rules' dimensions.
+    return math.floor((1 - weight) * rules_score + weight * 100 * probability + 0.5)
+
+
+def rule_result(
+    rules: CompiledRules, scored: RuleScore
+) -> tuple[dict[Dimension, DimensionScore], list[Reason]]:
+    dimensions: dict[Dimension, DimensionScore] = {
+        cast(Dimension, dimension): DimensionScore(
+            score=value, max=rules.dimension_max[dimension]
+        )
+        for dimension, value in scored.dimensions.items()
+    }
+    reasons = [
+        Reason(criterion=c, dimension=d, points=p, fact=f)  # type: ignore[arg-type]
+        for c, d, p, f in scored.reasons
+    ]
+    return dimensions, reasons
 
 
 _NO_TIMELINE = re.compile(r"\b(no|not|none|unknown|undecided|unsure)\b")
 _NOW = re.compile(r"\b(now|asap|immediate|immediately|this month)\b")
-# Months per unit; a number with no unit counts as months.
-_TIMELINE_UNITS = (("year", 12.0), ("week", 12 / 52), ("day", 12 / 365))
+# A number and the unit after it, if any: "6 months", "1 year", "3-6 months".
+_AMOUNT = re.compile(r"(\d+(?:\.\d+)?)\s*(year|month|week|day)?")
+_MONTHS_PER_UNIT = {"year": 12.0, "month": 1.0, "week": 12 / 52, "day": 12 / 365}
 
 
-def _timeline_months(text: str) -> float | None:
-    """Read a buying timeline such as "3-6 months", "2 weeks" or "ASAP" in months."""
+def timeline_months(text: str | None) -> float | None:
+    """Read a buying timeline such as "3-6 months", "2 weeks" or "ASAP" in months.
+
+    Each number takes the unit written after it, or else the next unit in the
+    text ("3-6 months"); a number without any unit counts as months.
+    """
+    if not text:
+        return None
     lowered = text.lower()
     if _NO_TIMELINE.search(lowered):
         return None
     if _NOW.search(lowered):
         return 0
-    amounts = parse_amounts(lowered)
-    if not amounts:
+    found = _AMOUNT.findall(lowered)[:2]
+    if not found:
         return None
-    months = sum(amounts[:2]) / len(amounts[:2])
-    factor = next((f for unit, f in _TIMELINE_UNITS if unit in lowered), 1.0)
-    return months * factor
+    months = []
+    for index, (number, unit) in enumerate(found):
+        later = next((u for _n, u in found[index:] if u), "month")
+        months.append(float(number) * _MONTHS_PER_UNIT[unit or later])
+    return sum(months) / len(months)
 
 
-def _firmographic(data: Firmographic) -> list[Reason]:
-    reasons = []
-
-    def add(criterion: str, points: int, fact: str) -> None:
-        reasons.append(
-            Reason(
-                criterion=criterion, dimension="firmographic", points=points, fact=fact
-            )
-        )
-
-    industry = normalize_industry(data.industry)
-    if industry:
-        points = INDUSTRY_POINTS.get(industry, OTHER_INDUSTRY_POINTS)
-        add("industry", points, f"industry is {industry}")
-    employees = midpoint(data.size)
-    if employees is not None:
-        add(
-            "company_size",
-            _banded(employees, EMPLOYEE_POINTS),
-            f"about {employees} employees ({data.size})",
-        )
-    revenue = midpoint(data.revenue)
-    if revenue is not None:
-        add(
-            "revenue",
-            _banded(revenue, REVENUE_POINTS),
-            f"annual revenue {data.revenue}",
-        )
-    budget = midpoint(data.budget)
-    if budget is not None:
-        add("budget", _banded(budget, BUDGET_POINTS), f"budget {data.budget}")
-    months = _timeline_months(data.timeline) if data.timeline else None
-    if months is not None:
-        add(
-            "timeline",
-            _banded(months, TIMELINE_MONTH_POINTS),
-            f"buying timeline {data.timeline}",
-        )
-    if data.free_mail:
-        add("email_type", FREE_MAIL_PENALTY, "uses a free email address")
-    elif data.role_address:
-        add("email_type", ROLE_ADDRESS_PENALTY, "uses a shared role address")
-    return reasons
+def email_type(
+    explicit: str | None, free_mail: bool, role_address: bool, has_domain: bool
+) -> str | None:
+    if explicit:
+        return explicit
+    if free_mail:
+        return "free"
+    if role_address:
+        return "role"
+    return "company" if has_domain else None
 
 
-def _behavioral(data: Behavioral) -> list[Reason]:
-    reasons = []
-    for rule in BEHAVIOR_RULES:
-        count: int = getattr(data, rule.field)
-        if count == 0:
-            continue
-        points = min(count * rule.points_each, rule.cap)
-        capped = " (capped)" if count * rule.points_each > rule.cap else ""
-        reasons.append(
-            Reason(
-                criterion=rule.field,
-                dimension="behavioral",
-                points=points,
-                fact=f"{rule.describe(count)}{capped}",
-            )
-        )
-    return reasons
-
-
-def _engagement(data: Engagement, now: datetime) -> list[Reason]:
-    reasons = []
-    if data.last_activity is not None:
-        age = max(now - data.last_activity, timedelta(0))
-        bands = (*RECENCY_POINTS, RECENCY_POINTS_LAST)
-        points = next((p for limit, p in bands if age <= limit), 0)
-        reasons.append(
-            Reason(
-                criterion="recency",
-                dimension="engagement",
-                points=points,
-                fact=f"last activity {describe_age(age)} ago",
-            )
-        )
-    if data.total_activities:
-        reasons.append(
-            Reason(
-                criterion="frequency",
-                dimension="engagement",
-                points=min(data.total_activities, ACTIVITY_POINTS_CAP),
-                fact=(
-                    f"{count_of(data.total_activities, 'activity', 'activities')} "
-                    "in the last 30 days"
-                ),
-            )
-        )
-    if data.engagement_score is not None:
-        reasons.append(
-            Reason(
-                criterion="engagement_score",
-                dimension="engagement",
-                points=int(data.engagement_score * ENGAGEMENT_SCORE_WEIGHT + 0.5),
-                fact=f"engagement score {data.engagement_score:.2f} of 1",
-            )
-        )
-    return reasons
-
-
-_DIMENSION_RULES: dict[Dimension, Callable[[ScoringInput, datetime], list[Reason]]] = {
-    "firmographic": lambda data, _now: _firmographic(data.firmographic),
-    "behavioral": lambda data, _now: _behavioral(data.behavioral),
-    "engagement": lambda data, now: _engagement(data.engagement, now),
-}
-
-
-def score(data: ScoringInput, now: datetime) -> ScoreResult:
-    """Score a lead from 0 to 100, each dimension clamped to its maximum."""
-    reasons: list[Reason] = []
-    dimensions: dict[Dimension, DimensionScore] = {}
-    for dimension, rules in _DIMENSION_RULES.items():
-        found = rules(data, now)
-        total = sum(reason.points for reason in found)
-        dimensions[dimension] = DimensionScore(
-            score=max(0, min(total, DIMENSION_MAX[dimension])),
-            max=DIMENSION_MAX[dimension],
-        )
-        reasons.extend(found)
-    reasons.sort(key=lambda reason: abs(reason.points), reverse=True)
-    return ScoreResult(
-        lead_id=data.lead_id,
-        score=sum(d.score for d in dimensions.values()),
-        dimensions=dimensions,
-        reasons=[reason for reason in reasons if reason.points != 0],
-        scored_at=now,
+def facts_from_input(data: ScoringInput, now: datetime) -> LeadFacts:
+    """Turn the facts a caller gives into what the rules read."""
+    firm, behavior, engaged = data.firmographic, data.behavioral, data.engagement
+    age = (now - behavior.as_of).total_seconds() / 86400 if behavior.as_of else 0.0
+    occurrences = {}
+    for counter in COUNTER_FIELDS:
+        count = getattr(behavior, counter)
+        if count:
+            occurrences[counter] = [(max(age, 0.0), float(count))]
+    days_since = None
+    if engaged.last_activity is not None:
+        days_since = max((now - engaged.last_activity).total_seconds(), 0) / 86400
+    return LeadFacts(
+        industry=normalize_industry(firm.industry),
+        employees=midpoint(firm.size),
+        revenue=midpoint(firm.revenue),
+        budget=midpoint(firm.budget),
+        timeline_months=timeline_months(firm.timeline),
+        country=firm.country,
+        job_title=firm.job_title,
+        technologies=tuple(firm.technologies),
+        growth_stage=firm.growth_stage,
+        email_type=email_type(
+            firm.email_type, firm.free_mail, firm.role_address, False
+        ),
+        occurrences=occurrences,
+        pages_per_visit=behavior.pages_per_visit,
+        time_on_site_minutes=(
+            behavior.time_on_site_seconds / 60
+            if behavior.time_on_site_seconds is not None
+            else None
+        ),
+        days_since_last_activity=days_since,
+        activities_7d=engaged.activities_7d or 0,
+        activities_30d=engaged.total_activities,
+        channel_count=len({channel.strip().lower() for channel in engaged.channels}),
+        response_hours=engaged.response_hours,
+        engagement_score=engaged.engagement_score,
     )
 
 
-STAGES = ("new", "engaged", "mql", "sql", "customer")
+COUNTER_FIELDS = COUNTERS
+
+
+FEATURE_OF_COUNTER = {
+    counter: "behavior." + to_camel(counter) for counter in COUNTER_FIELDS
+}
+
+
+def base_features(
+    industry: str | None,
+    country: str | None,
+    size: str | None,
+    revenue: str | None,
+    job_title: str | None,
+    growth_stage: str | None,
+    kind_of_email: str | None,
+    counts: dict[str, float],
+    pages_per_visit: float | None,
+    time_on_site_seconds: float | None,
+) -> FeatureRow:
+    """Name a lead's facts as the model's features, the same for every caller."""
+    row: FeatureRow = {
+        "company.industry": normalize_industry(industry),
+        "company.country": country,
+        "company.size": midpoint(size),
+        "company.revenue": midpoint(revenue),
+        "contact.jobTitle": job_title,
+        "company.growthStage": growth_stage,
+        "emailType": kind_of_email,
+        "behavior.pagesPerVisit": pages_per_visit,
+        "behavior.timeOnSiteSeconds": time_on_site_seconds,
+    }
+    for counter, name in FEATURE_OF_COUNTER.items():
+        row[name] = counts.get(counter, 0.0)
+    return row
+
+
+def features_from_input(data: ScoringInput) -> FeatureRow:
+    """Name the caller's facts as the model's features are named in training."""
+    firm, behavior = data.firmographic, data.behavioral
+    row = base_features(
+        firm.industry,
+        firm.country,
+        firm.size,
+        firm.revenue,
+        firm.job_title,
+        firm.growth_stage,
+        email_type(firm.email_type, firm.free_mail, firm.role_address, False),
+        {counter: float(getattr(behavior, counter)) for counter in COUNTER_FIELDS},
+        behavior.pages_per_visit,
+        behavior.time_on_site_seconds,
+    )
+    return row | data.features
+
+
+def model_score(
+    model: TrainedModel, version: int, row: FeatureRow, top: int = 5
+) -> ModelScore:
+    prediction = model.predict(row, top=top)
+    return ModelScore(
+        version=version,
+        probability=round(prediction.probability, 4),
+        confidence=round(prediction.confidence, 4),
+        contributions=prediction.contributions,
+    )
+
+
+def score(
+    data: ScoringInput,
+    now: datetime,
+    rules: CompiledRules | None = None,
+    criteria_version: int = 0,
+    model: TrainedModel | None = None,
+    model_version: int | None = None,
+    model_weight: float = 0.5,
+) -> ScoreResult:
+    """Score a lead from the facts a caller gives, with every reason."""
+    rules = rules or built_in_rules()
+    scored = rules.evaluate(facts_from_input(data, now))
+    dimensions, reasons = rule_result(rules, scored)
+    detail = None
+    if model is not None and model_version is not None:
+        detail = model_score(model, model_version, features_from_input(data))
+    return ScoreResult(
+        lead_id=data.lead_id,
+        score=blend(scored.score, detail.probability if detail else None, model_weight),
+        rules_score=scored.score,
+        dimensions=dimensions,
+        reasons=reasons,
+        method="rules+model" if detail else "rules",
+        model=detail,
+        note=None if detail else NO_MODEL_NOTE,
+        criteria_version=criteria_version,
+        scored_at=now,
+    )
 
 
 def next_stage(

@@ -31,7 +31,7 @@ from api.app import create_app
 from nurture.config import Settings
 from nurture.db import create_db_engine, migrate, normalize_url
 from nurture.temporal import DEV_SERVER_SEARCH_ATTRIBUTES
-from tests.fakes import FakeSendGrid, FakeTwilio
+from tests.fakes import FakeSendGrid, FakeServer, FakeTwilio
 from worker import build_workers
 
 # Byte-for-byte copies of the inputs users and providers really send
@@ -121,6 +121,14 @@ def fake_sendgrid() -> Iterator[FakeSendGrid]:
     server.stop()
 
 
+@pytest.fixture
+def fake_crm() -> Iterator[FakeServer]:
+    """A CRM that accepts every lead sync and sales task, and records them."""
+    server = FakeServer().start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session")
 def fake_twilio() -> Iterator[FakeTwilio]:
     server = FakeTwilio().start()
@@ -189,17 +197,17 @@ async def running_stack(
     twilio: FakeTwilio,
     **overrides: Any,
 ) -> AsyncIterator[Stack]:
-    """Run the API and both workers on fresh task queues until the block ends."""
+    """Run the API and the three workers on fresh task queues until the block ends."""
     sendgrid.reset()
     twilio.reset()
     settings = make_settings(database_url, sendgrid, twilio, **overrides)
     client = env.client
     app = create_app(settings, client, engine, run_migrations=False, reconcile=False)
     with ThreadPoolExecutor(max_workers=10) as executor:
-        main, send = build_workers(
+        main, send, score = build_workers(
             client, settings, engine, executor, fail_workflow_on_bug=True
         )
-        async with main, send:
+        async with main, send, score:
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(
                 transport=transport,

@@ -82,8 +82,11 @@ WEBHOOKS = operations(lambda path: path.startswith("/api/v1/webhooks/"))
 
 def concrete(path: str) -> str:
     """Fill every path parameter with an id that matches nothing."""
-    return path.replace("{lead_id}", "no-such-lead").replace(
-        "{campaign_id}", "no-such-campaign"
+    return (
+        path.replace("{lead_id}", "no-such-lead")
+        .replace("{campaign_id}", "no-such-campaign")
+        .replace("{import_id}", "no-such-import")
+        .replace("{version}", "999999")
     )
 
 

@@ -102,7 +102,12 @@ async def test_create_example_lead_returns_201(stack: Stack) -> None:
     assert body["contact"]["firstName"] == "John"
     assert body["contact"]["lastName"] == "Smith"
     assert body["contact"]["email"] == "john.smith@company.com"
-    assert body["company"] == {**lead["company"], "country": None}
+    assert body["company"] == {
+        **lead["company"],
+        "country": None,
+        "growthStage": None,
+        "technologies": [],
+    }
     assert body["source"] == lead["source"]
     assert body["customFields"] == lead["customFields"]
     assert body["status"] == "active"
@@ -249,6 +254,7 @@ async def test_form_post_maps_fields(stack: Stack) -> None:
         "phone": "+14155552671",
         "phoneStatus": "valid",
         "timezone": None,
+        "jobTitle": None,
     }
     assert body["company"] == {
         "name": "Analytical Engines",
@@ -257,6 +263,8 @@ async def test_form_post_maps_fields(stack: Stack) -> None:
         "revenue": "$1M-$5M",
         "website": "https://analytical.example.org",
         "country": None,
+        "growthStage": None,
+        "technologies": [],
     }
     assert body["source"] == {
         "channel": "webinar",

@@ -325,7 +325,7 @@ def test_scoring_example_reason_order() -> None:
         ("revenue", 7),
         ("frequency", 6),
         ("website_visits", 5),
-        ("engagement_score", 5),
+        ("engagement_score", 4.5),
         ("email_opens", 4),
     ]
 
@@ -353,7 +353,8 @@ def test_behavioral_clamped_to_30() -> None:
         "formSubmissions": 2,
     }
     result = _score({"behavioral": behavioral})
-    assert sum(r.points for r in result.reasons) == 35
+    # 5 visits + 8 pricing + 8 downloads + 6 webinars + 6 forms.
+    assert sum(r.points for r in result.reasons) == 33
     assert result.dimensions["behavioral"].score == 30
     assert result.score == 30
 

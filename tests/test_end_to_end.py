@@ -31,7 +31,7 @@ async def create_lead(stack: Stack, **contact: str) -> str:
     response = await stack.api.post("/api/v1/leads", json=lead)
     assert response.status_code == 201, response.text
     # The response already carries the score that the campaign trigger checks.
-    assert response.json()["score"] == 52
+    assert response.json()["score"] == 57
     assert response.json()["scoreReasons"][0]["criterion"] == "industry"
     return str(response.json()["id"])
 
@@ -86,7 +86,7 @@ async def test_lead_is_nurtured_end_to_end(stack: Stack) -> None:
     assert "welcome_email" in welcome["categories"]
 
     lead = (await stack.api.get(f"/api/v1/leads/{lead_id}")).json()
-    assert lead["score"] == 52
+    assert lead["score"] == 57
     assert lead["contact"]["phone"] == "+15551234567"
     assert lead["contact"]["phoneStatus"] == "unverified"
     assert lead["scoreReasons"][0]["points"] >= lead["scoreReasons"][-1]["points"]

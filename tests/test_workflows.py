@@ -4,7 +4,6 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from sqlmodel import select
 
 from api.deps import TemporalGateway
@@ -158,29 +157,21 @@ async def _initialized_state(stack: Stack, lead_id: str) -> Any:
     return state if state.initialized else None
 
 
-class FakeCrm(FakeServer):
-    pass
-
-
-@pytest.fixture
-def fake_crm() -> Any:
-    server = FakeCrm().start()
-    yield server
-    server.stop()
-
-
 async def test_mql_lead_syncs_to_crm(
-    stack_factory: StackFactory, fake_crm: FakeCrm
+    stack_factory: StackFactory, fake_crm: FakeServer
 ) -> None:
     async with stack_factory(
         mql_threshold=50, crm_webhook_url=f"{fake_crm.url}/crm/leads"
     ) as stack:
         lead_id = await create_lead(stack)
+        # The stage sync, then the sales task of the hand-off.
         posts = await stack.eventually(
-            lambda: fake_crm.requests, message="CRM got the lead"
+            lambda: fake_crm.requests[1:] and fake_crm.requests,
+            message="CRM got the lead and its task",
         )
-    assert len(posts) == 1
-    assert posts[0].path == "/crm/leads"
+    assert len(posts) == 2
+    assert [post.path for post in posts] == ["/crm/leads", "/crm/leads"]
+    assert json.loads(posts[1].body)["taskId"] == f"handoff-{lead_id}"
     body = json.loads(posts[0].body)
     assert body["reason"] == "stage changed from new to mql"
     assert body["lead"]["id"] == lead_id

@@ -4,13 +4,20 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import FailureError, WorkflowAlreadyStartedError
+from temporalio.exceptions import (
+    ActivityError,
+    FailureError,
+    WorkflowAlreadyStartedError,
+)
 
 with workflow.unsafe.imports_passed_through():
+    from activities.delivery import DeliveryActivities
     from activities.leads import LeadActivities
+    from activities.messaging import MessagingActivities
     from nurture.contracts import (
         BehaviorSignal,
         CrmSyncInput,
+        DeliverMessageInput,
         EnrichLeadInput,
         EnrollmentPlan,
         LeadEventSignal,
@@ -18,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
         LeadWorkflowInput,
         NurtureInput,
         PlanEnrollmentsInput,
+        PrepareMessageInput,
         ScoreLeadInput,
         ScoreSnapshot,
     )
@@ -27,9 +35,20 @@ with workflow.unsafe.imports_passed_through():
         enrollment_search_attributes,
     )
     from workflows.nurture import NurtureWorkflow
+    from workflows.policies import (
+        DELIVER_RETRY,
+        DELIVER_SCHEDULE_TO_CLOSE,
+        DELIVER_START_TO_CLOSE,
+        PREPARE_RETRY,
+        PREPARE_TIMEOUT,
+    )
 
 # Workflows started before this marker did not forward events to enrollments.
 ROUTE_EVENTS_PATCH = "route-lead-events"
+# Workflows started before this marker did not create a sales task at MQL.
+HANDOFF_PATCH = "mql-handoff"
+HANDOFF_TEMPLATE = "call_hot_lead"
+STAGES_BEFORE_MQL = frozenset({"new", "engaged"})
 # Signals that are bookkeeping, not something the lead did.
 INTERNAL_SIGNALS = frozenset({"resync", "lead_updated"})
 DATABASE_ACTIVITY_TIMEOUT = timedelta(seconds=30)
@@ -127,6 +146,12 @@ class LeadWorkflow:
         )
         if snapshot.stage != previous_stage:
             await self._sync_to_crm(snapshot, previous_stage)
+            if (
+                previous_stage in STAGES_BEFORE_MQL
+                and snapshot.stage == "mql"
+                and workflow.patched(HANDOFF_PATCH)
+            ):
+                await self._hand_off_to_sales()
         await self._enroll(snapshot, event, batch or [])
         if workflow.patched(ROUTE_EVENTS_PATCH):
             stage = snapshot.stage if snapshot.stage != previous_stage else None
@@ -142,6 +167,48 @@ class LeadWorkflow:
             start_to_close_timeout=CRM_TIMEOUT,
             retry_policy=CRM_RETRY,
         )
+
+    async def _hand_off_to_sales(self) -> None:
+        """Create the sales task for a lead that just became marketing-qualified.
+
+        The task's id is fixed per lead, so a retry or replay never makes a
+        second one; the CRM sync before it has already sent the new stage.
+        """
+        message_id = f"handoff-{self._state.lead_id}"
+        try:
+            prepared = await workflow.execute_activity_method(
+                MessagingActivities.prepare_message,
+                PrepareMessageInput(
+                    message_id=message_id,
+                    lead_id=self._state.lead_id,
+                    channel="task",
+                    template=HANDOFF_TEMPLATE,
+                    scheduled_at=workflow.now(),
+                ),
+                start_to_close_timeout=PREPARE_TIMEOUT,
+                retry_policy=PREPARE_RETRY,
+            )
+            if prepared.skipped_reason or prepared.deferred_until:
+                workflow.logger.info(
+                    "sales task for lead %s not created: %s",
+                    self._state.lead_id,
+                    prepared.skipped_reason or prepared.deferred_reason,
+                )
+                return
+            await workflow.execute_activity_method(
+                DeliveryActivities.deliver_message,
+                DeliverMessageInput(message_id=message_id),
+                task_queue=f"{workflow.info().task_queue}-send",
+                start_to_close_timeout=DELIVER_START_TO_CLOSE,
+                schedule_to_close_timeout=DELIVER_SCHEDULE_TO_CLOSE,
+                retry_policy=DELIVER_RETRY,
+            )
+        except ActivityError as error:
+            # The lead stays an MQL in the CRM; only the task is missing.
+            workflow.logger.warning(
+                "sales task for lead %s failed: %s", self._state.lead_id, error
+            )
+        self._state.handed_off = True
 
     async def _enroll(
         self, snapshot: ScoreSnapshot, event: str, batch: list[BehaviorSignal]

@@ -33,7 +33,8 @@ class BehaviorEventIn(StrictCamelModel):
     email: str | None = Field(None, description="The lead's email; or give leadId.")
     type: str = Field(
         description=(
-            "page_view, pricing_page_view, content_download, form_submission, "
+            "page_view, pricing_page_view, demo_page_view, content_download, "
+            "form_submission, "
             "webinar_registration, webinar_attendance, replied, converted, or "
             "custom:<name> for an event of your own."
         )
@@ -81,9 +82,13 @@ class EventReceipt(CamelModel):
 
 
 def _classify(event: BehaviorEventIn) -> str:
-    """Treat a view of a pricing page as the stronger pricing_page_view."""
-    if event.type == "page_view" and event.url and "/pricing" in event.url.lower():
-        return "pricing_page_view"
+    """Treat a view of a pricing or demo page as the stronger event it is."""
+    if event.type == "page_view" and event.url:
+        url = event.url.lower()
+        if "/pricing" in url:
+            return "pricing_page_view"
+        if "/demo" in url:
+            return "demo_page_view"
     return event.type
 
 

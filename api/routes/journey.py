@@ -22,6 +22,7 @@ from nurture.journey import (
     TaskView,
     recommend,
 )
+from nurture.lead_scoring import load_context
 from nurture.models import Campaign, EngagementEvent, Enrollment, Lead, Message, utcnow
 from nurture.schemas import CamelModel
 
@@ -74,9 +75,10 @@ class _Stored:
     events: list[EngagementEvent]
     message_statuses: dict[str, str]
     tasks: list[Message]
+    mql_threshold: int
 
 
-def _load(engine: sa.Engine, lead_id: str) -> _Stored:
+def _load(engine: sa.Engine, lead_id: str, default_threshold: int) -> _Stored:
     with session_scope(engine) as session:
         lead = get_lead_or_404(session, lead_id)
         enrollments = session.exec(
@@ -91,6 +93,7 @@ def _load(engine: sa.Engine, lead_id: str) -> _Stored:
             .order_by(col(EngagementEvent.occurred_at).desc())
             .limit(RECENT_EVENTS)
         ).all()
+        threshold = load_context(session, default_threshold).criteria.mql_threshold
         return _Stored(
             lead=lead,
             enrollments=[(e, name) for e, name in enrollments],
@@ -103,6 +106,7 @@ def _load(engine: sa.Engine, lead_id: str) -> _Stored:
                     .order_by(col(Message.created_at).desc())
                 ).all()
             ),
+            mql_threshold=threshold,
         )
 
 
@@ -115,7 +119,7 @@ async def read_journey(
     temporal: TemporalDep,
 ) -> JourneyView:
     """Read the lead's live stage, score, enrollments and next action."""
-    stored = await run_in_threadpool(_load, engine, lead_id)
+    stored = await run_in_threadpool(_load, engine, lead_id, settings.mql_threshold)
     lead, enrollments, events = stored.lead, stored.enrollments, stored.events
     state = await query_lead(temporal, lead_id)
     live_states = await asyncio.gather(
@@ -182,6 +186,9 @@ async def read_journey(
         dimensions=dimensions,
         reasons=reasons,
         live=state is not None,
+        conversion_probability=lead.conversion_probability,
+        model_contributions=lead.model_contributions,
+        outcome=lead.outcome,
         enrollments=views,
         recent_engagement=engagement,
         tasks=[
@@ -199,7 +206,7 @@ async def read_journey(
             status=lead.status,
             stage=stage,
             score=score,
-            mql_threshold=settings.mql_threshold,
+            mql_threshold=stored.mql_threshold,
             enrollments=views,
             engagement=engagement,
             now=utcnow(),

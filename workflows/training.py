@@ -1,0 +1,96 @@
+"""Model training and rescoring of every lead, as workflows with progress."""
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.scoring import ScoringActivities
+    from nurture.contracts import (
+        RescoreBatchInput,
+        RescoreInput,
+        TrainingFailure,
+        TrainModelInput,
+    )
+
+TRAINING_TIMEOUT = timedelta(hours=2)
+# Training reports progress at each stage; a silent worker is presumed dead.
+TRAINING_HEARTBEAT = timedelta(minutes=5)
+TRAINING_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=10),
+    maximum_attempts=3,
+    non_retryable_error_types=["TrainingError", "ModelNotFound"],
+)
+BOOKKEEPING_TIMEOUT = timedelta(seconds=30)
+RESCORE_TIMEOUT = timedelta(minutes=5)
+# Batches per run before continuing as new, which keeps the history short.
+RESCORE_BATCHES_PER_RUN = 200
+
+
+@workflow.defn
+class ModelTrainingWorkflow:
+    """Trains one model version, id `train-model-<version>`, on the score queue."""
+
+    @workflow.run
+    async def run(self, input: TrainModelInput) -> None:
+        score_queue = workflow.info().task_queue + "-score"
+        try:
+            await workflow.execute_activity_method(
+                ScoringActivities.train_model,
+                input,
+                task_queue=score_queue,
+                start_to_close_timeout=TRAINING_TIMEOUT,
+                heartbeat_timeout=TRAINING_HEARTBEAT,
+                retry_policy=TRAINING_RETRY,
+            )
+        except ActivityError as error:
+            cause = error.cause
+            message = (
+                cause.message if isinstance(cause, ApplicationError) else str(error)
+            )
+            await workflow.execute_activity_method(
+                ScoringActivities.mark_training_failed,
+                TrainingFailure(version=input.version, error=message),
+                task_queue=score_queue,
+                start_to_close_timeout=BOOKKEEPING_TIMEOUT,
+            )
+            raise ApplicationError(
+                f"training of model v{input.version} failed: {message}",
+                type="TrainingFailed",
+            ) from None
+
+
+@workflow.defn
+class RescoreAllWorkflow:
+    """Rescores every lead in batches, e.g. after a criteria or model change."""
+
+    def __init__(self) -> None:
+        self._rescored = 0
+
+    @workflow.run
+    async def run(self, input: RescoreInput) -> int:
+        score_queue = workflow.info().task_queue + "-score"
+        self._rescored = input.rescored
+        after = input.after_id
+        for _ in range(RESCORE_BATCHES_PER_RUN):
+            result = await workflow.execute_activity_method(
+                ScoringActivities.rescore_batch,
+                RescoreBatchInput(after_id=after, limit=input.batch_size),
+                task_queue=score_queue,
+                start_to_close_timeout=RESCORE_TIMEOUT,
+            )
+            self._rescored += result.rescored
+            if result.last_id is None:
+                return self._rescored
+            after = result.last_id
+        workflow.continue_as_new(
+            RescoreInput(
+                batch_size=input.batch_size, rescored=self._rescored, after_id=after
+            )
+        )
+
+    @workflow.query
+    def rescored(self) -> int:
+        return self._rescored
