@@ -206,7 +206,7 @@ def product_rate(url: str, ids: list[str], batch: int, processes: int) -> float:
     """Return leads rescored per second by `processes` processes in parallel."""
     shares = [ids[index::processes] for index in range(processes)]
     shares = [sorted(share) for share in shares]
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context("spawn")
     began = time.perf_counter()
     workers = [
         context.Process(target=_rescore_share, args=(url, share, batch))
@@ -311,11 +311,17 @@ def main() -> None:
         engine = create_db_engine(url)
         began = time.perf_counter()
         seed(engine, args.leads, args.events_per_lead)
-        print(f"seeded {args.leads:,} leads in {time.perf_counter() - began:.1f} s")
+        print(
+            f"seeded {args.leads:,} leads in {time.perf_counter() - began:.1f} s",
+            flush=True,
+        )
         train_and_promote(engine)
         ids = all_ids(engine)
         raw = raw_rate(engine, ids, args.batch)
+        print(f"raw model: {raw * 60:,.0f} scores/minute", flush=True)
+        engine.dispose()
         product = product_rate(url, ids, args.batch, args.processes)
+        print(f"product: {product * 60:,.0f} scores/minute", flush=True)
         median, p99 = api_latency(url, args.requests)
         engine.dispose()
     finally:

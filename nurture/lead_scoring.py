@@ -36,7 +36,6 @@ from nurture.models import (
 )
 from nurture.scoring import (
     NO_MODEL_NOTE,
-    ModelScore,
     ScoreResult,
     base_features,
     blend,
@@ -355,55 +354,29 @@ def load_context(session: Session, default_threshold: int) -> ScoringContext:
     )
 
 
-def score_summaries(
-    context: ScoringContext,
-    leads: Sequence[Lead],
-    summaries: Sequence[Summary],
-    now: datetime,
-    explain: bool,
-) -> list[ScoreResult]:
-    """Score leads by the rules and, with one batched call, by the model."""
-    rule_scores = [context.rules.evaluate(summary.facts) for summary in summaries]
-    probabilities: list[float | None] = [None] * len(leads)
-    explained: list[Any] = [None] * len(leads)
-    model, version = context.model, context.model_version
-    if model is not None and version is not None and leads:
-        rows = [feature_row(lead, s) for lead, s in zip(leads, summaries, strict=True)]
-        if explain:
-            explained = [model_score(model, version, row) for row in rows]
-            probabilities = [item.probability for item in explained]
-        else:
-            explained = [
-                ModelScore(
-                    version=version,
-                    probability=round(float(p), 4),
-                    confidence=round(float(max(p, 1 - p)), 4),
-                    contributions=[],
-                )
-                for p in model.predict_proba(rows)
-            ]
-            probabilities = [item.probability for item in explained]
-    weight = context.criteria.model.weight
-    results = []
-    for lead, scored, probability, detail in zip(
-        leads, rule_scores, probabilities, explained, strict=True
-    ):
-        dimensions, reasons = rule_result(context.rules, scored)
-        results.append(
-            ScoreResult(
-                lead_id=lead.id,
-                score=blend(scored.score, probability, weight),
-                rules_score=scored.score,
-                dimensions=dimensions,
-                reasons=reasons,
-                method="rules" if probability is None else "rules+model",
-                model=detail,
-                note=NO_MODEL_NOTE if model is None else None,
-                criteria_version=context.criteria_version,
-                scored_at=now,
-            )
-        )
-    return results
+def score_summary(
+    context: ScoringContext, lead: Lead, summary: Summary, now: datetime
+) -> ScoreResult:
+    """Score one lead by the rules and, explained, by the model in force."""
+    scored = context.rules.evaluate(summary.facts)
+    detail = None
+    if context.model is not None and context.model_version is not None:
+        row = feature_row(lead, summary)
+        detail = model_score(context.model, context.model_version, row)
+    dimensions, reasons = rule_result(context.rules, scored)
+    probability = detail.probability if detail else None
+    return ScoreResult(
+        lead_id=lead.id,
+        score=blend(scored.score, probability, context.criteria.model.weight),
+        rules_score=scored.score,
+        dimensions=dimensions,
+        reasons=reasons,
+        method="rules" if detail is None else "rules+model",
+        model=detail,
+        note=NO_MODEL_NOTE if detail is None else None,
+        criteria_version=context.criteria_version,
+        scored_at=now,
+    )
 
 
 def apply_score(
@@ -440,7 +413,7 @@ def rescore(
     now = now or utcnow()
     context = load_context(session, default_threshold)
     summary = summarize(lead, load_activity(session, [lead.id])[lead.id], now)
-    [result] = score_summaries(context, [lead], [summary], now, explain=True)
+    result = score_summary(context, lead, summary, now)
     apply_score(lead, result, summary.engaged, context)
     session.add(lead)
     return result
@@ -454,16 +427,51 @@ def rescore_many(
 ) -> int:
     """Rescore a batch of leads with one read of each table and one write.
 
-    The model's probability is stored without its per-lead explanation, which
-    the lead's next single rescoring adds.
+    The same criteria and model as `rescore`, without the API models on the
+    way: reasons go to the database as plain dicts, in one bulk UPDATE. The
+    model's probability is stored without its per-lead explanation, which the
+    lead's next single rescoring adds.
     """
     now = now or utcnow()
     context = load_context(session, default_threshold)
     leads = session.exec(select(Lead).where(col(Lead.id).in_(list(lead_ids)))).all()
+    if not leads:
+        return 0
     activity = load_activity(session, [lead.id for lead in leads])
     summaries = [summarize(lead, activity[lead.id], now) for lead in leads]
-    results = score_summaries(context, leads, summaries, now, explain=False)
-    for lead, summary, result in zip(leads, summaries, results, strict=True):
-        apply_score(lead, result, summary.engaged, context)
-    session.add_all(leads)
+    probabilities: list[float | None] = [None] * len(leads)
+    if context.model is not None:
+        rows = [feature_row(x, y) for x, y in zip(leads, summaries, strict=True)]
+        probabilities = [round(float(p), 4) for p in context.model.predict_proba(rows)]
+    weight = context.criteria.model.weight
+    threshold = context.criteria.mql_threshold
+    updates = []
+    for lead, summary, probability in zip(leads, summaries, probabilities, strict=True):
+        scored = context.rules.evaluate(summary.facts)
+        final = blend(scored.score, probability, weight)
+        stage = next_stage(lead.stage, final, summary.engaged, threshold)
+        changed = (stage, final) != (lead.stage, lead.score)
+        updates.append(
+            {
+                "id": lead.id,
+                "score": final,
+                "rules_score": scored.score,
+                "stage": stage,
+                "score_reasons": [
+                    {"criterion": c, "dimension": d, "points": p, "fact": f}
+                    for c, d, p, f in scored.reasons
+                ],
+                "scored_at": now,
+                "updated_at": now if changed else lead.updated_at,
+                "criteria_version": context.criteria_version,
+                "model_version": (
+                    context.model_version if probability is not None else None
+                ),
+                "conversion_probability": probability,
+                "model_contributions": [],
+            }
+        )
+    session.execute(sa.update(Lead), updates)
+    # The leads loaded above are stale now; the next read must see the update.
+    session.expire_all()
     return len(leads)

@@ -455,3 +455,23 @@ async def test_crossing_mql_hands_lead_to_sales(
                 )
             ).all()
         assert len(tasks) == 1
+
+
+async def test_rescore_all_applies_new_criteria(stack: Stack) -> None:
+    lead_id = await create_lead(stack)
+    document = (await criteria_in_force(stack))["criteria"]
+    criterion(document, "industry")["points"]["Technology"] = 5
+    assert (await put_criteria(stack, document)).status_code == 200
+    before = (await stack.api.get(f"/api/v1/leads/{lead_id}")).json()
+    assert before["criteriaVersion"] == 0
+
+    response = await stack.api.post("/api/v1/scoring/rescore")
+    assert response.status_code == 202, response.text
+    handle = stack.client.get_workflow_handle(response.json()["workflowId"])
+    assert await handle.result() == 1
+
+    after = (await stack.api.get(f"/api/v1/leads/{lead_id}")).json()
+    assert after["criteriaVersion"] == 1
+    assert after["score"] == before["score"] - 10
+    industry = next(r for r in after["scoreReasons"] if r["criterion"] == "industry")
+    assert industry["points"] == 5
