@@ -149,7 +149,18 @@ class Summary:
     engaged: bool
 
 
+# The channel of each imported behavior total, for the channel-mix criterion.
+COUNTER_CHANNELS = {
+    "email_opens": "email",
+    "email_clicks": "email",
+    "sms_replies": "sms",
+    "webinar_registrations": "events",
+    "webinar_attendances": "events",
+}
+
+
 def summarize(lead: Lead, activity: LeadActivity, now: datetime) -> Summary:
+    """Reduce a lead's columns, imported totals and events to facts and counts."""
     occurrences: dict[str, list[tuple[float, float]]] = {}
     counts: dict[str, float] = {}
     imported = lead.activity or {}
@@ -170,10 +181,11 @@ def summarize(lead: Lead, activity: LeadActivity, now: datetime) -> Summary:
         else:
             occurrences.setdefault(counter, []).append((imported_age, float(value)))
             counts[counter] = counts.get(counter, 0.0) + value
-            channels.add("web")
+            channels.add(COUNTER_CHANNELS.get(counter, "web"))
     last_activity: datetime | None = None
     recent_7d = recent_30d = 0
-    engaged = any(imported.get(key) for key in imported if key not in (ACTIVITY_AS_OF,))
+    # As with events, form submissions alone do not make a lead engaged.
+    engaged = any(counter != "form_submissions" for counter in counts)
     for kind, occurred_at, seconds, pages in activity.events:
         age = max((now - occurred_at).total_seconds(), 0.0) / DAY
         for counter in EVENT_COUNTERS[kind]:
