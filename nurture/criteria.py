@@ -15,7 +15,7 @@ from functools import cache
 from importlib import resources
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from nurture.schemas import StrictCamelModel
 from nurture.wording import describe_age
@@ -217,23 +217,31 @@ class ScoringCriteria(StrictCamelModel):
     criteria: list[Criterion] = Field(min_length=1)
     model: ModelSettings = Field(default_factory=ModelSettings)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "ScoringCriteria":
-        if set(self.dimension_max) != set(DIMENSIONS):
+    @field_validator("dimension_max")
+    @classmethod
+    def _hundred_in_all(cls, value: dict[Dimension, int]) -> dict[Dimension, int]:
+        if set(value) != set(DIMENSIONS):
             raise ValueError(
                 "dimensionMax needs firmographic, behavioral and engagement"
             )
-        if sum(self.dimension_max.values()) != 100:
+        if sum(value.values()) != 100:
             raise ValueError(
                 "dimensionMax values must add up to 100, so a score runs 0 to 100; "
-                f"they add up to {sum(self.dimension_max.values())}"
+                f"they add up to {sum(value.values())}"
             )
+        return value
+
+    @field_validator("criteria")
+    @classmethod
+    def _unique_ids(cls, criteria: list[Criterion]) -> list[Criterion]:
         seen: set[str] = set()
-        for criterion in self.criteria:
+        for criterion in criteria:
             if criterion.id in seen:
-                raise ValueError(f"criterion id {criterion.id!r} is used twice")
+                raise ValueError(
+                    f"criterion id {criterion.id!r} is used twice: give each its own"
+                )
             seen.add(criterion.id)
-        return self
+        return criteria
 
 
 @dataclass(slots=True)

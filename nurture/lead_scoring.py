@@ -35,10 +35,10 @@ from nurture.models import (
     utcnow,
 )
 from nurture.scoring import (
-    NO_MODEL_NOTE,
     ScoreResult,
     base_features,
     blend,
+    blend_note,
     email_type,
     model_score,
     next_stage,
@@ -385,7 +385,12 @@ def score_summary(
         reasons=reasons,
         method="rules" if detail is None else "rules+model",
         model=detail,
-        note=NO_MODEL_NOTE if detail is None else None,
+        note=blend_note(
+            scored.score,
+            detail,
+            context.criteria.model.weight,
+            blend(scored.score, probability, context.criteria.model.weight),
+        ),
         criteria_version=context.criteria_version,
         scored_at=now,
     )

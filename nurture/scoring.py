@@ -109,6 +109,13 @@ class ModelScore(CamelModel):
     contributions: list[Contribution] = Field(
         description="Features that pushed the probability up or down for this lead."
     )
+    unused_features: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Names in the request's features that the model does not know; its "
+            "feature list is at GET /api/v1/scoring/models/{version}."
+        ),
+    )
 
 
 class ScoreResult(CamelModel):
@@ -293,6 +300,19 @@ def features_from_input(data: ScoringInput) -> FeatureRow:
     return row | data.features
 
 
+def blend_note(
+    rules_score: int, detail: "ModelScore | None", weight: float, final: int
+) -> str:
+    """Explain how the score came about, for a reader of one score."""
+    if detail is None:
+        return NO_MODEL_NOTE
+    return (
+        f"score {final} = {1 - weight:.0%} of the rules' {rules_score} + "
+        f"{weight:.0%} of the model's {detail.probability:.0%} conversion "
+        f"probability (model v{detail.version})"
+    )
+
+
 def model_score(
     model: TrainedModel, version: int, row: FeatureRow, top: int = 5
 ) -> ModelScore:
@@ -321,15 +341,18 @@ def score(
     detail = None
     if model is not None and model_version is not None:
         detail = model_score(model, model_version, features_from_input(data))
+        known = {feature.name for feature in model.features}
+        detail.unused_features = sorted(set(data.features) - known)
+    final = blend(scored.score, detail.probability if detail else None, model_weight)
     return ScoreResult(
         lead_id=data.lead_id,
-        score=blend(scored.score, detail.probability if detail else None, model_weight),
+        score=final,
         rules_score=scored.score,
         dimensions=dimensions,
         reasons=reasons,
         method="rules+model" if detail else "rules",
         model=detail,
-        note=None if detail else NO_MODEL_NOTE,
+        note=blend_note(scored.score, detail, model_weight, final),
         criteria_version=criteria_version,
         scored_at=now,
     )

@@ -98,12 +98,12 @@ async def test_changed_criteria_score_at_once_and_are_audited(stack: Stack) -> N
     [
         (
             lambda d: d["dimensionMax"].update(firmographic=40),
-            "(body)",
+            "dimensionMax",
             "add up to 100",
         ),
         (
             lambda d: d["criteria"].append(copy.deepcopy(d["criteria"][0])),
-            "(body)",
+            "criteria",
             "used twice",
         ),
         (
@@ -352,6 +352,8 @@ async def test_model_from_real_leads_meets_targets(stack: Stack) -> None:
     lead["features"] = {"Lead Origin": "Lead Add Form", "Last Activity": "SMS Sent"}
     scored = (await stack.api.post(CALCULATE, json=lead)).json()
     assert scored["method"] == "rules+model"
+    assert scored["note"].startswith(f"score {scored['score']} = 50% of the rules'")
+    assert scored["model"]["unusedFeatures"] == []
     assert scored["model"]["probability"] > cold["model"]["probability"] + 0.3
     assert scored["score"] > cold["score"]
     assert scored["rulesScore"] == cold["rulesScore"]
@@ -359,6 +361,9 @@ async def test_model_from_real_leads_meets_targets(stack: Stack) -> None:
         max(scored["model"]["probability"], 1 - scored["model"]["probability"]),
         abs=1e-3,
     )
+    lead["features"] = {"Lead Source": "Google"}
+    misnamed = (await stack.api.post(CALCULATE, json=lead)).json()
+    assert misnamed["model"]["unusedFeatures"] == ["Lead Source"]
     pushed_up = {
         c["feature"] for c in scored["model"]["contributions"] if c["effect"] > 0
     }

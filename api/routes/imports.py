@@ -85,7 +85,7 @@ def _parse_mapping(text: str) -> ImportMapping:
     except json.JSONDecodeError as error:
         raise ApiError(
             422,
-            "validation_error",
+            "validation_failed",
             f"mapping is not valid JSON: {error.msg} at character {error.pos}",
             errors=[FieldError(path="mapping", message=error.msg, type="json_invalid")],
         ) from None
@@ -98,7 +98,7 @@ def _parse_mapping(text: str) -> ImportMapping:
 def _mapping_error(error: MappingError) -> ApiError:
     return ApiError(
         422,
-        "validation_error",
+        "validation_failed",
         "the mapping does not fit the file's header: " + str(error),
         errors=[
             FieldError(
