@@ -444,6 +444,10 @@ def rescore_many(
 ) -> int:
     """Rescore a batch of leads with one read of each table and one write.
 
+    NOTE: this writes the database only. The lead workflows' LeadScore and
+    LeadStage search attributes, and an MQL hand-off, follow at each lead's
+    next signal.
+
     The same criteria and model as `rescore`, without the API models on the
     way: reasons go to the database as plain dicts, in one bulk UPDATE. The
     model's probability is stored without its per-lead explanation, which the

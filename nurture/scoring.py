@@ -209,7 +209,7 @@ def facts_from_input(data: ScoringInput, now: datetime) -> LeadFacts:
     firm, behavior, engaged = data.firmographic, data.behavioral, data.engagement
     age = (now - behavior.as_of).total_seconds() / 86400 if behavior.as_of else 0.0
     occurrences = {}
-    for counter in COUNTER_FIELDS:
+    for counter in COUNTERS:
         count = getattr(behavior, counter)
         if count:
             occurrences[counter] = [(max(age, 0.0), float(count))]
@@ -245,12 +245,7 @@ def facts_from_input(data: ScoringInput, now: datetime) -> LeadFacts:
     )
 
 
-COUNTER_FIELDS = COUNTERS
-
-
-FEATURE_OF_COUNTER = {
-    counter: "behavior." + to_camel(counter) for counter in COUNTER_FIELDS
-}
+FEATURE_OF_COUNTER = {counter: "behavior." + to_camel(counter) for counter in COUNTERS}
 
 
 def base_features(
@@ -293,7 +288,7 @@ def features_from_input(data: ScoringInput) -> FeatureRow:
         firm.job_title,
         firm.growth_stage,
         email_type(firm.email_type, firm.free_mail, firm.role_address, False),
-        {counter: float(getattr(behavior, counter)) for counter in COUNTER_FIELDS},
+        {counter: float(getattr(behavior, counter)) for counter in COUNTERS},
         behavior.pages_per_visit,
         behavior.time_on_site_seconds,
     )

@@ -167,15 +167,12 @@ def _key_value(prefix: str, data: Any) -> str:
 
 
 def _keys(row: AcceptedRow) -> list[str]:
-    lead = row.lead
-    keys = []
-    if lead.external_id:
-        keys.append(f"x:{lead.external_id}")
-    if lead.contact.email:
-        keys.append(f"e:{lead.contact.email.lower()}")
-    if lead.contact.phone:
-        keys.append(f"p:{lead.contact.phone}")
-    return keys
+    """Return the row's identity keys, strongest first: id, email, phone."""
+    return [
+        prefix + _key_value(prefix, row.lead)
+        for prefix in IDENTITY_COLUMNS
+        if _key_value(prefix, row.lead)
+    ]
 
 
 def _store_batch(
@@ -309,6 +306,9 @@ def _batches(
         yield batch
 
 
+# NOTE: an import runs in a thread of the API process that received it. If
+# that process stops, the import stays "running"; importing the file again
+# merges the rows already stored and adds the rest.
 def run_import(
     engine: sa.Engine,
     job_id: str,

@@ -8,6 +8,7 @@ from pydantic import Field
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from api.deps import ActorDep, EngineDep, SessionDep, SettingsDep, TemporalDep
 from api.errors import ApiError, error_responses
@@ -202,8 +203,6 @@ async def rescore_all(
     _actor: ActorDep, settings: SettingsDep, temporal: TemporalDep
 ) -> RescoreStarted:
     """Rescore every lead in the background with the criteria and model in force."""
-    from temporalio.exceptions import WorkflowAlreadyStartedError
-
     try:
         await temporal.start_workflow(
             RescoreAllWorkflow.run,
