@@ -178,5 +178,7 @@ class ScoringActivities:
             )
             if not ids:
                 return RescoreBatchResult(rescored=0)
-            count = rescore_many(session, ids, self.settings.mql_threshold)
-        return RescoreBatchResult(rescored=count, last_id=ids[-1])
+            moved = rescore_many(session, ids, self.settings.mql_threshold)
+        return RescoreBatchResult(
+            rescored=len(ids), last_id=ids[-1], stage_changed=moved
+        )

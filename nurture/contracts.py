@@ -276,6 +276,8 @@ class RescoreBatchInput(BaseModel):
 class RescoreBatchResult(BaseModel):
     rescored: int
     last_id: str | None = None
+    # Leads whose stage changed, whose workflows must hear of it.
+    stage_changed: list[str] = Field(default_factory=list)
 
 
 class RescoreInput(BaseModel):

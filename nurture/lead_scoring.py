@@ -441,12 +441,12 @@ def rescore_many(
     lead_ids: Sequence[str],
     default_threshold: int,
     now: datetime | None = None,
-) -> int:
+) -> list[str]:
     """Rescore a batch of leads with one read of each table and one write.
 
-    NOTE: this writes the database only. The lead workflows' LeadScore and
-    LeadStage search attributes, and an MQL hand-off, follow at each lead's
-    next signal.
+    Returns the ids of the leads whose stage changed. This writes the database
+    only: the caller tells their workflows, which update the LeadStage search
+    attribute and hand new MQLs to sales.
 
     The same criteria and model as `rescore`, without the API models on the
     way: reasons go to the database as plain dicts, in one bulk UPDATE. The
@@ -457,7 +457,7 @@ def rescore_many(
     context = load_context(session, default_threshold)
     leads = session.exec(select(Lead).where(col(Lead.id).in_(list(lead_ids)))).all()
     if not leads:
-        return 0
+        return []
     activity = load_activity(session, [lead.id for lead in leads])
     summaries = [summarize(lead, activity[lead.id], now) for lead in leads]
     probabilities: list[float | None] = [None] * len(leads)
@@ -467,11 +467,14 @@ def rescore_many(
     weight = context.criteria.model.weight
     threshold = context.criteria.mql_threshold
     updates = []
+    moved = []
     for lead, summary, probability in zip(leads, summaries, probabilities, strict=True):
         scored = context.rules.evaluate(summary.facts)
         final = blend(scored.score, probability, weight)
         stage = next_stage(lead.stage, final, summary.engaged, threshold)
         changed = (stage, final) != (lead.stage, lead.score)
+        if stage != lead.stage:
+            moved.append(lead.id)
         updates.append(
             {
                 "id": lead.id,
@@ -495,4 +498,4 @@ def rescore_many(
     session.execute(sa.update(Lead), updates)
     # The leads loaded above are stale now; the next read must see the update.
     session.expire_all()
-    return len(leads)
+    return moved

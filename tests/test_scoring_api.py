@@ -13,9 +13,11 @@ from sqlmodel import col, select
 from bench.lead_data import IMPORT_MAPPING, LEADS_CSV, LEAKING_COLUMNS
 from nurture.db import session_scope
 from nurture.models import AuditEntry, Lead, LeadOutcome, Message
+from nurture.temporal import lead_workflow_id
 from tests.conftest import Stack, StackFactory, example
 from tests.fakes import FakeServer as FakeCrm
 from tests.test_end_to_end import create_lead
+from workflows.lead import LeadWorkflow
 
 CRITERIA = "/api/v1/scoring/criteria"
 CALCULATE = "/api/v1/scoring/calculate"
@@ -468,8 +470,13 @@ async def test_crossing_mql_hands_lead_to_sales(
 
 async def test_rescore_all_applies_new_criteria(stack: Stack) -> None:
     lead_id = await create_lead(stack)
+    await stack.eventually(
+        lambda: _lead_workflow_scored(stack, lead_id), message="first scoring"
+    )
     document = (await criteria_in_force(stack))["criteria"]
     criterion(document, "industry")["points"]["Technology"] = 5
+    # 57 - 10 = 47 crosses a threshold of 45: the rescoring makes an MQL.
+    document["mqlThreshold"] = 45
     stored = await put_criteria(stack, document)
     assert stored.status_code == 200, stored.text
     before = (await stack.api.get(f"/api/v1/leads/{lead_id}")).json()
@@ -485,3 +492,23 @@ async def test_rescore_all_applies_new_criteria(stack: Stack) -> None:
     assert after["score"] == before["score"] - 10
     industry = next(r for r in after["scoreReasons"] if r["criterion"] == "industry")
     assert industry["points"] == 5
+    assert after["stage"] == "mql"
+
+    # The lead's own workflow hears of the new stage and hands the lead over.
+    async def handed_off() -> list[Message]:
+        with session_scope(stack.engine) as session:
+            return list(
+                session.exec(
+                    select(Message).where(Message.id == f"handoff-{lead_id}")
+                ).all()
+            )
+
+    await stack.eventually(handed_off, message="sales task after rescoring")
+
+
+async def _lead_workflow_scored(stack: Stack, lead_id: str) -> bool:
+    handle = stack.client.get_workflow_handle_for(
+        LeadWorkflow.run, lead_workflow_id(lead_id)
+    )
+    state = await handle.query(LeadWorkflow.state)
+    return bool(state.initialized)

@@ -4,16 +4,18 @@ from datetime import timedelta
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.scoring import ScoringActivities
     from nurture.contracts import (
+        BehaviorSignal,
         RescoreBatchInput,
         RescoreInput,
         TrainingFailure,
         TrainModelInput,
     )
+    from nurture.temporal import lead_workflow_id
 
 TRAINING_TIMEOUT = timedelta(hours=2)
 # Training reports progress at each stage; a silent worker is presumed dead.
@@ -82,9 +84,12 @@ class RescoreAllWorkflow:
                 start_to_close_timeout=RESCORE_TIMEOUT,
             )
             self._rescored += result.rescored
+            await self._tell_lead_workflows(result.stage_changed)
             if result.last_id is None:
                 return self._rescored
             after = result.last_id
+            if workflow.info().is_continue_as_new_suggested():
+                break
         workflow.continue_as_new(
             RescoreInput(
                 batch_size=input.batch_size, rescored=self._rescored, after_id=after
@@ -94,3 +99,19 @@ class RescoreAllWorkflow:
     @workflow.query
     def rescored(self) -> int:
         return self._rescored
+
+    async def _tell_lead_workflows(self, lead_ids: list[str]) -> None:
+        """Ask each lead whose stage changed to rescore in its own workflow.
+
+        That run sees the new stage, so it updates LeadStage and LeadScore and
+        starts the hand-off of a new MQL, as after any behavior.
+        """
+        for lead_id in lead_ids:
+            handle = workflow.get_external_workflow_handle(lead_workflow_id(lead_id))
+            try:
+                await handle.signal("behavior", BehaviorSignal(type="resync"))
+            except FailureError as error:
+                # Leads imported without nurturing have no workflow.
+                workflow.logger.info(
+                    "lead %s not signalled: %s", lead_id, error.message
+                )
