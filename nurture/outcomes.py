@@ -4,7 +4,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, field_validator
 from sqlmodel import Session
 
 from nurture.models import Lead, LeadOutcome, utcnow
@@ -27,6 +27,11 @@ class OutcomeIn(StrictCamelModel):
         None, description="When it happened; the time of recording when left out."
     )
     note: str | None = Field(None, max_length=1000)
+
+    @field_validator("outcome", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.strip().lower() if isinstance(value, str) else value
 
 
 class OutcomePublic(CamelModel):

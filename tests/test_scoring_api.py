@@ -51,6 +51,8 @@ async def test_built_in_criteria_cover_three_dimensions(stack: Stack) -> None:
     body = await criteria_in_force(stack)
 
     assert body["version"] == 0
+    stored = (await stack.api.get(f"{CRITERIA}/versions/0")).json()
+    assert stored["criteria"] == body["criteria"]
     criteria = body["criteria"]["criteria"]
     assert len(criteria) >= 20
     by_dimension = {c["dimension"] for c in criteria}
@@ -146,7 +148,7 @@ async def test_outcome_makes_lead_a_customer(stack: Stack) -> None:
     response = await stack.api.post(
         f"/api/v1/leads/{lead_id}/outcome",
         json={
-            "outcome": "converted",
+            "outcome": "Converted",
             "value": "12500.00",
             "currency": "EUR",
             "occurredAt": "2026-11-30T10:00:00Z",
@@ -376,6 +378,13 @@ async def test_model_from_real_leads_meets_targets(stack: Stack) -> None:
     assert (await stack.api.post(f"{MODELS}/rollback")).status_code == 409
     assert (await stack.api.post(f"{MODELS}/demote")).status_code == 204
     assert (await stack.api.post(CALCULATE, json=lead)).json()["method"] == "rules"
+    # A rollback after a demote brings the last promoted model back.
+    back = await stack.api.post(f"{MODELS}/rollback")
+    assert back.status_code == 200, back.text
+    assert back.json()["version"] == model["version"]
+    assert (await stack.api.post(CALCULATE, json=lead)).json()["method"] == (
+        "rules+model"
+    )
 
 
 async def test_training_without_outcomes_fails_clearly(stack: Stack) -> None:

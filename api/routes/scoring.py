@@ -13,7 +13,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from api.deps import ActorDep, EngineDep, SessionDep, SettingsDep, TemporalDep
 from api.errors import ApiError, error_responses
 from nurture.contracts import RescoreInput, TrainModelInput
-from nurture.criteria import ScoringCriteria
+from nurture.criteria import ScoringCriteria, built_in_criteria
 from nurture.db import session_scope
 from nurture.lead_scoring import load_context
 from nurture.learning import TrainingOptions
@@ -68,6 +68,14 @@ class CriteriaChange(ScoringCriteria):
 def _criteria_view(
     session: Session, default_threshold: int, version: int | None = None
 ) -> CriteriaVersion:
+    if version == 0:
+        return CriteriaVersion(
+            version=0,
+            created_at=None,
+            created_by=None,
+            note="built-in default",
+            criteria=built_in_criteria(default_threshold),
+        )
     if version is None:
         context = load_context(session, default_threshold)
         version = context.criteria_version
@@ -386,22 +394,27 @@ def promote_model(version: int, session: SessionDep, actor: ActorDep) -> ModelVi
     responses=error_responses(401, 409),
 )
 def roll_back_model(session: SessionDep, actor: ActorDep) -> ModelView:
-    """Promote again the model that was promoted before the current one."""
+    """Promote again the model promoted before the current one.
+
+    After a demote, the last model that was promoted comes back.
+    """
     current = session.exec(
         select(ScoringModel).where(col(ScoringModel.promoted).is_(True))
     ).first()
-    if current is None:
-        raise ApiError(409, "conflict", "no model is promoted, so there is no rollback")
+    query = select(ScoringModel).where(
+        col(ScoringModel.promoted_at).is_not(None), ScoringModel.status == "ready"
+    )
+    if current is not None:
+        query = query.where(ScoringModel.version != current.version)
     previous = session.exec(
-        select(ScoringModel)
-        .where(
-            col(ScoringModel.promoted_at).is_not(None),
-            ScoringModel.version != current.version,
-            ScoringModel.status == "ready",
-        )
-        .order_by(col(ScoringModel.promoted_at).desc())
+        query.order_by(col(ScoringModel.promoted_at).desc())
     ).first()
+    if previous is None and current is None:
+        raise ApiError(
+            409, "conflict", "no model was ever promoted, so there is no rollback"
+        )
     if previous is None:
+        assert current is not None
         raise ApiError(
             409,
             "conflict",
