@@ -2,11 +2,11 @@
 
     python -m bench.model_quality [--seeds 10]
 
-Reads `../shared/data/lead-scoring/Leads.csv` with the CSV import's own
-reader and mapping, turns each row into the model's features as the product
-does for a stored lead, and trains, for each split seed, the default model
-(calibrated gradient boosting) and the logistic-regression baseline on the
-same 70%, scoring both on the same held-out 30%. The columns that sales fill
+Reads the real lead data set with the CSV import's own reader and mapping,
+and turns each row into the model's features as the product does for a
+stored lead. For each split seed, it trains the default model (calibrated
+gradient boosting) and the logistic-regression baseline on the same 70%,
+and scores both on the same held-out 30%. The columns that sales fill
 in after contact are left out, as in production.
 """
 
@@ -52,8 +52,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=10)
     args = parser.parse_args()
     rows, labels = training_set()
+
     print(f"{len(rows):,} leads, {sum(labels):,} converted; held out: 30%")
     print("seed  model AUC  accuracy   baseline AUC  accuracy   AUC ratio")
+
     ours, base = [], []
     began = time.perf_counter()
     for seed in range(args.seeds):
@@ -72,6 +74,7 @@ def main() -> None:
             f"{baseline.roc_auc:12.4f}  {baseline.accuracy:8.4f}   "
             f"{model.roc_auc / baseline.roc_auc:9.4f}{marker}"
         )
+
     for name, results in (("model", ours), ("baseline", base)):
         aucs = [auc for auc, _accuracy in results]
         accuracies = [accuracy for _auc, accuracy in results]
@@ -80,6 +83,7 @@ def main() -> None:
             f"(min {min(aucs):.4f}), accuracy {statistics.mean(accuracies):.4f} "
             f"(min {min(accuracies):.4f})"
         )
+
     passing = sum(1 for auc, accuracy in ours if auc >= 0.91 and accuracy >= 0.84)
     print(f"splits meeting AUC >= 0.91 and accuracy >= 0.84: {passing} of {len(ours)}")
     print(f"took {time.perf_counter() - began:.0f} s")

@@ -8,10 +8,10 @@ at the end), fills it with leads copied from the real lead data set, trains
 and promotes a model on them, then measures in one run:
 
 - raw model: `predict_proba` on the leads' feature rows, prepared beforehand;
-- product: `rescore_many` in batches, the function the rescoring workflow
-  and the CSV import call: it reads each batch's leads, events and message
-  responses, applies the criteria and the model, and writes every score,
-  stage and reason back, one transaction per batch;
+- product: `rescore_many` in batches, the function that the rescoring
+  workflow and the CSV import call. It reads each batch's leads, events and
+  message responses, and applies the criteria and the model. It then writes
+  every score, stage and reason back, one transaction per batch;
 - `POST /api/v1/scoring/calculate` over HTTP to a uvicorn server on
   127.0.0.1, one request at a time: median and 99th percentile.
 """

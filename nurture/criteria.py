@@ -208,7 +208,7 @@ class ScoringCriteria(StrictCamelModel):
     """One complete version of the scoring configuration."""
 
     dimension_max: dict[Dimension, Annotated[int, Field(ge=0, le=100)]] = Field(
-        description="Most points per dimension; together they must make 100."
+        description="Maximum points per dimension; together they must make 100."
     )
     mql_threshold: int = Field(ge=1, le=100)
     half_life_days: float = Field(
@@ -246,7 +246,7 @@ class ScoringCriteria(StrictCamelModel):
 
 @dataclass(slots=True)
 class LeadFacts:
-    """What the rules know about one lead, already reduced to plain values."""
+    """The facts the rules read about one lead, already reduced to plain values."""
 
     industry: str | None = None
     employees: float | None = None

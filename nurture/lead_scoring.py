@@ -140,7 +140,7 @@ def load_activity(session: Session, lead_ids: Sequence[str]) -> dict[str, LeadAc
 
 @dataclass(slots=True)
 class Summary:
-    """What a lead did, reduced once and read by both the rules and the model."""
+    """A lead's behavior, reduced once and read by both the rules and the model."""
 
     facts: LeadFacts
     counts: dict[str, float]
@@ -268,7 +268,7 @@ def feature_row(lead: Lead, summary: Summary) -> FeatureRow:
     """Return the model's features for a lead: its facts and its custom fields.
 
     Only what is known before sales acts on the lead goes in: never its score,
-    stage or outcome, which would teach the model its own answer.
+    stage or outcome, which would leak the label into the features.
     """
     row = base_features(
         lead.company_industry,

@@ -14,7 +14,7 @@ Outcome = Literal["converted", "lost"]
 
 
 class OutcomeIn(StrictCamelModel):
-    """What happened to a lead in the end, as sales records it."""
+    """The final result of a lead, as sales records it."""
 
     outcome: Outcome
     value: Decimal | None = Field(

@@ -71,7 +71,7 @@ class Engagement(StrictCamelModel):
         default_factory=list, description='Channels the lead used: "web", "email"...'
     )
     response_hours: float | None = Field(
-        None, ge=0, description="Typical hours from our message to the lead's answer."
+        None, ge=0, description="Typical hours from our message to the lead's response."
     )
     engagement_score: float | None = Field(None, ge=0, le=1)
 

@@ -845,9 +845,9 @@ async def test_download_raises_lead_score(stack: Stack) -> None:
         lead = (await stack.api.get(f"/api/v1/leads/{lead_id}")).json()
         return lead["score"] if lead["scoredAt"] else None
 
-    # The example lead scores 43 for firmographic fit (3 of it for a company
-    # address), 3 for its capture form and 11 for recent activity (8 for
-    # recency, 1 for one activity in 30 days and 2 for one in 7 days).
+    # The example lead scores 43 for firmographic fit, 3 of it for a company
+    # address. Its capture form adds 3, and recent activity 11: 8 for
+    # recency, 1 for one activity in 30 days and 2 for one in 7 days.
     assert await stack.eventually(first_score, message="first scoring") == 57
 
     response = await stack.api.post(

@@ -259,7 +259,8 @@ async def test_import_reports_accepted_merged_rejected(stack: Stack) -> None:
         [outcome] = session.exec(select(LeadOutcome)).all()
     assert ada.job_title == "CTO"
     assert ada.company_technologies == ["HubSpot", "Segment"]
-    assert ada.outcome == "converted" and ada.stage == "customer"
+    assert ada.outcome == "converted"
+    assert ada.stage == "customer"
     assert outcome.source == f"import:{report['id']}"
     reasons = {r["criterion"]: r for r in ada.score_reasons}
     assert reasons["seniority"]["fact"] == "seniority: executive"
@@ -345,7 +346,7 @@ async def test_model_from_real_leads_meets_targets(stack: Stack) -> None:
     assert {"Lead Origin", "behavior.timeOnSiteSeconds"} <= used
     assert "Prospect ID" not in used
 
-    # Before promotion the rules alone score, and say so.
+    # Before promotion the rules alone score, and the response states it.
     lead = example("scoring_calculate.json")
     assert (await stack.api.post(CALCULATE, json=lead)).json()["method"] == "rules"
     promoted = await stack.api.post(f"{MODELS}/{model['version']}/promote")
@@ -424,7 +425,8 @@ async def test_crossing_mql_hands_lead_to_sales(
         campaign_id = created.json()["id"]
         lead_id = await create_lead(stack)
         lead = (await stack.api.get(f"/api/v1/leads/{lead_id}")).json()
-        assert lead["stage"] == "new" and lead["score"] == 57
+        assert lead["stage"] == "new"
+        assert lead["score"] == 57
 
         response = await stack.api.post(
             EVENTS, json={"leadId": lead_id, "type": "demo_page_view"}

@@ -172,7 +172,7 @@ class LeadWorkflow:
         """Create the sales task for a lead that just became marketing-qualified.
 
         The task's id is fixed per lead, so a retry or replay never makes a
-        second one; the CRM sync before it has already sent the new stage.
+        second one. The CRM sync before it has already sent the new stage.
         """
         message_id = f"handoff-{self._state.lead_id}"
         try:

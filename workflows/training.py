@@ -103,8 +103,8 @@ class RescoreAllWorkflow:
     async def _tell_lead_workflows(self, lead_ids: list[str]) -> None:
         """Ask each lead whose stage changed to rescore in its own workflow.
 
-        That run sees the new stage, so it updates LeadStage and LeadScore and
-        starts the hand-off of a new MQL, as after any behavior.
+        That rescoring reads the new stage, so it updates LeadStage and LeadScore
+        and starts the hand-off of a new MQL, as after any behavior.
         """
         for lead_id in lead_ids:
             handle = workflow.get_external_workflow_handle(lead_workflow_id(lead_id))

@@ -210,14 +210,14 @@ def _store_batch(
                 counts.accepted += 1
             else:
                 # An import never moves an address or id that another lead holds.
-                held = {
+                owned_elsewhere = {
                     column
                     for key, columns_of_key in IDENTITY_COLUMNS.items()
                     if known.get(key + _key_value(key, data)) not in (None, lead)
                     for column in columns_of_key
                 }
                 for key, value in columns.items():
-                    if key not in held:
+                    if key not in owned_elsewhere:
                         setattr(lead, key, value)
                 if data.custom_fields:
                     lead.custom_fields = {**lead.custom_fields, **data.custom_fields}
@@ -327,7 +327,7 @@ def run_import(
                 _store_batch(
                     engine, job_id, batch, actor, nurture, counts, default_threshold
                 )
-    except Exception as failure:  # the report must say why it stopped
+    except Exception as failure:  # the report must state why it stopped
         logger.exception("import %s failed", job_id)
         error = f"{type(failure).__name__}: {failure}"
     finally:

@@ -68,6 +68,9 @@ class CriteriaChange(ScoringCriteria):
 def _criteria_view(
     session: Session, default_threshold: int, version: int | None = None
 ) -> CriteriaVersion:
+    """Return a stored version of the criteria, or the one in force for None."""
+    if version is None:
+        version = load_context(session, default_threshold).criteria_version
     if version == 0:
         return CriteriaVersion(
             version=0,
@@ -76,17 +79,6 @@ def _criteria_view(
             note="built-in default",
             criteria=built_in_criteria(default_threshold),
         )
-    if version is None:
-        context = load_context(session, default_threshold)
-        version = context.criteria_version
-        if version == 0:
-            return CriteriaVersion(
-                version=0,
-                created_at=None,
-                created_by=None,
-                note="built-in default",
-                criteria=context.criteria,
-            )
     stored = session.get(ScoringCriteriaVersion, version)
     if stored is None:
         raise ApiError(404, "not_found", f"no scoring criteria version {version}")
