@@ -2,8 +2,10 @@
 
 Three task queues, so each part scales on its own:
 - `NURTURE_TASK_QUEUE` (default `nurture`): workflows and database activities;
-- `<that>-send`: provider calls, limited to SEND_RATE_PER_SECOND for the
-  whole queue, so a large campaign cannot exceed the provider account's limits;
+- `<that>-send-email` and `<that>-send-sms`: provider calls, limited to
+  EMAIL_RATE_PER_SECOND and SMS_RATE_PER_SECOND for all workers together, so
+  a large campaign cannot exceed the provider account's limits; `<that>-send`
+  carries sales tasks at SEND_RATE_PER_SECOND;
 - `<that>-score`: model training and batch rescoring, which are CPU-bound.
 
 `python worker.py --queues score` runs one part alone; the default is all.
@@ -28,7 +30,6 @@ from activities.messaging import MessagingActivities
 from activities.providers import (
     ConsoleEmailSender,
     ConsoleSmsSender,
-    CrmTaskSender,
     EmailSender,
     SendGridEmailSender,
     SmsSender,
@@ -36,10 +37,13 @@ from activities.providers import (
 )
 from activities.scoring import ScoringActivities
 from nurture.config import DATA_DIR, Settings, get_settings
+from nurture.crm import crm_task_sender_for
 from nurture.db import create_db_engine, migrate
 from nurture.logs import configure_logging
 from nurture.rendering import TemplateRenderer
 from nurture.temporal import connect, ensure_search_attributes
+from nurture.twilio_events import status_callback_url
+from nurture.unsubscribe import UnsubscribeLinks
 from workflows.lead import LeadWorkflow
 from workflows.nurture import NurtureWorkflow
 from workflows.training import ModelTrainingWorkflow, RescoreAllWorkflow
@@ -54,7 +58,10 @@ GRACEFUL_SHUTDOWN = timedelta(seconds=20)
 def email_sender_for(settings: Settings) -> EmailSender:
     if settings.email_provider == "sendgrid":
         return SendGridEmailSender(
-            settings.sendgrid_api_key, settings.sendgrid_host, settings.email_from
+            settings.sendgrid_api_key,
+            settings.sendgrid_host,
+            settings.email_from,
+            lookup_delay_seconds=settings.provider_lookup_grace_seconds,
         )
     return ConsoleEmailSender(DATA_DIR / "outbox", settings.email_from)
 
@@ -66,7 +73,7 @@ def sms_sender_for(settings: Settings) -> SmsSender:
             settings.twilio_auth_token,
             settings.sms_from,
             settings.twilio_base_url,
-            f"{settings.public_base_url}/api/v1/webhooks/twilio/status",
+            status_callback_url(settings),
         )
     return ConsoleSmsSender(DATA_DIR / "outbox")
 
@@ -79,7 +86,7 @@ def build_workers(
     email_sender: EmailSender | None = None,
     sms_sender: SmsSender | None = None,
     fail_workflow_on_bug: bool = False,
-) -> list[Worker]:
+) -> dict[str, list[Worker]]:
     """Build the main, send and score workers for the configured task queues.
 
     By default a bug in workflow code fails the workflow task, which Temporal
@@ -88,18 +95,23 @@ def build_workers(
     """
     leads = LeadActivities(engine, settings)
     journeys = JourneyActivities(engine, settings)
+    links = UnsubscribeLinks(settings.signing_secret, settings.public_base_url)
     messaging = MessagingActivities(
         engine,
         TemplateRenderer(settings.templates_dir),
         settings.email_provider,
         settings.sms_provider,
         settings.caps,
+        settings.consent_policy,
+        links,
     )
     delivery = DeliveryActivities(
         engine,
         email_sender or email_sender_for(settings),
         sms_sender or sms_sender_for(settings),
-        CrmTaskSender(settings.crm_webhook_url),
+        crm_task_sender_for(settings, engine),
+        settings.consent_policy,
+        links,
     )
     main = Worker(
         client,
@@ -127,14 +139,24 @@ def build_workers(
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         workflow_failure_exception_types=[Exception] if fail_workflow_on_bug else [],
     )
-    send = Worker(
-        client,
-        task_queue=settings.send_task_queue,
-        activities=[delivery.deliver_message],
-        activity_executor=executor,
-        max_task_queue_activities_per_second=settings.send_rate_per_second,
-        graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
-    )
+    # One queue per provider, each with its own rate limit for all workers
+    # together. Sales tasks, and sends scheduled before the split, use the
+    # plain send queue.
+    send = [
+        Worker(
+            client,
+            task_queue=queue,
+            activities=[delivery.deliver_message],
+            activity_executor=executor,
+            max_task_queue_activities_per_second=rate,
+            graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
+        )
+        for queue, rate in (
+            (settings.send_task_queue, settings.send_rate_per_second),
+            (settings.send_queue_for("email"), settings.email_rate_per_second),
+            (settings.send_queue_for("sms"), settings.sms_rate_per_second),
+        )
+    ]
     scoring = ScoringActivities(engine, settings)
     score = Worker(
         client,
@@ -149,7 +171,7 @@ def build_workers(
         max_concurrent_activities=2,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
     )
-    return [main, send, score]
+    return {"main": [main], "send": send, "score": [score]}
 
 
 QUEUES = ("main", "send", "score")
@@ -166,7 +188,7 @@ async def run(settings: Settings, queues: tuple[str, ...] = QUEUES) -> None:
         loop.add_signal_handler(signum, stop.set)
     with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
         built = build_workers(client, settings, engine, executor)
-        workers = [w for name, w in zip(QUEUES, built, strict=True) if name in queues]
+        workers = [worker for name in queues for worker in built[name]]
         logger.info(
             "worker polling %s on %s",
             ", ".join(w.task_queue for w in workers),

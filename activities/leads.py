@@ -1,8 +1,8 @@
 """Lead activities: enrichment, scoring, enrollment planning and CRM sync."""
 
 import logging
+from datetime import timedelta
 
-import httpx
 import sqlalchemy as sa
 from sqlmodel import Session, col, select
 from temporalio import activity
@@ -20,12 +20,12 @@ from nurture.contracts import (
     ScoreLeadInput,
     ScoreSnapshot,
 )
+from nurture.crm import CrmError, CrmSkipped, crm_client_for
 from nurture.db import session_scope
-from nurture.enrichment import enrich
+from nurture.enrichment import enrich, enricher_for, fill_lead_columns
 from nurture.enrollments import claim, entry_refusal, trigger_matches
 from nurture.lead_facts import build_facts
 from nurture.lead_scoring import rescore
-from nurture.leads import LeadPublic
 from nurture.models import (
     Campaign,
     CampaignVersion,
@@ -83,16 +83,43 @@ def active_campaigns(session: Session) -> list[tuple[Campaign, CampaignVersion]]
 
 class LeadActivities:
     def __init__(self, engine: sa.Engine, settings: Settings) -> None:
+        """Raise ValueError when the enrichment or CRM settings are incomplete."""
         self.engine = engine
         self.settings = settings
+        self.enricher = enricher_for(settings, engine)
+        self.crm = crm_client_for(settings)
 
     @activity.defn
     def enrich_lead(self, input: EnrichLeadInput) -> None:
-        """Store the offline enrichment facts of a lead."""
+        """Store the lead's enrichment: offline facts with a company lookup over them.
+
+        Fills the lead's empty company columns from the lookup. A lookup that
+        fails after its retries leaves the offline facts, records the error in
+        `lead.enrichment["lookup"]`, and does not fail this activity. So a
+        provider outage delays a lead's workflow by at most the lookup's
+        20-second budget, and never stops it.
+        NOTE: nothing looks a failed lookup up again later.
+        """
+        with session_scope(self.engine) as session:
+            snapshot = load_lead(session, input.lead_id).model_dump()
+        # Outside any transaction: the lookup may take seconds of HTTP calls.
+        lookup = self.enricher.lookup(snapshot)
         with session_scope(self.engine) as session:
             lead = load_lead(session, input.lead_id)
-            lead.enrichment = enrich(lead.model_dump()).model_dump()
+            enrichment = enrich(lead.model_dump(), lookup)
+            filled = fill_lead_columns(lead, enrichment)
+            lead.enrichment = enrichment.model_dump()
             session.add(lead)
+        if lookup is not None:
+            logger.info(
+                "lead %s enriched: %s lookup of %s %s%s, filled %s",
+                input.lead_id,
+                lookup.provider,
+                lookup.domain,
+                lookup.status,
+                " (cached)" if lookup.cached else "",
+                ", ".join(filled) or "no columns",
+            )
 
     @activity.defn
     def score_lead(self, input: ScoreLeadInput) -> ScoreSnapshot:
@@ -186,30 +213,55 @@ class LeadActivities:
 
     @activity.defn
     def sync_lead_to_crm(self, input: CrmSyncInput) -> bool:
-        """POST the lead to the configured CRM URL; a no-op when none is set."""
-        url = self.settings.crm_webhook_url
-        if not url:
+        """Upsert the lead into the configured CRM; a no-op when none is set.
+
+        Returns whether the CRM got the lead. Stores the contact id that the
+        CRM returns in `lead.crm_id`, so later syncs update that contact even
+        after the lead's email changes.
+        """
+        if not self.crm.enabled:
             return False
         with session_scope(self.engine) as session:
             lead = load_lead(session, input.lead_id)
-            payload = {
-                "reason": input.reason,
-                "lead": LeadPublic.from_lead(lead).model_dump(mode="json"),
-            }
         try:
-            response = httpx.post(url, json=payload, timeout=10)
-        except httpx.HTTPError as error:
-            raise ApplicationError(f"CRM unreachable at {url}: {error}") from None
-        if response.status_code >= 500 or response.status_code == 429:
-            raise ApplicationError(
-                f"CRM returned HTTP {response.status_code}; will retry"
+            crm_id = self.crm.upsert_contact(lead, input.reason)
+        except CrmSkipped as skipped:
+            logger.warning(
+                "lead %s not synced to %s: %s", lead.id, self.crm.name, skipped
             )
-        if response.status_code >= 400:
-            raise ApplicationError(
-                f"CRM rejected lead {input.lead_id}: {response.status_code} "
-                f"{response.text[:200]}",
-                type="CrmRejected",
-                non_retryable=True,
-            )
-        logger.info("lead %s synced to CRM (%s)", input.lead_id, input.reason)
+            return False
+        except CrmError as error:
+            raise _crm_activity_error(error, self.crm.name, input.lead_id) from None
+        with session_scope(self.engine) as session:
+            stored = load_lead(session, input.lead_id)
+            if crm_id is not None:
+                stored.crm_id = crm_id
+            stored.crm_synced_at = utcnow()
+            session.add(stored)
+        logger.info(
+            "lead %s synced to %s%s (%s)",
+            input.lead_id,
+            self.crm.name,
+            f" as contact {crm_id}" if crm_id else "",
+            input.reason,
+        )
         return True
+
+
+def _crm_activity_error(error: CrmError, crm: str, lead_id: str) -> ApplicationError:
+    if not error.retryable:
+        return ApplicationError(
+            f"{crm} rejected lead {lead_id}: {error}",
+            type="CrmRejected",
+            non_retryable=True,
+        )
+    delay = (
+        timedelta(seconds=error.retry_after_seconds)
+        if error.retry_after_seconds is not None
+        else None
+    )
+    return ApplicationError(
+        f"{crm} sync of lead {lead_id} failed; will retry: {error}",
+        type="CrmUnavailable",
+        next_retry_delay=delay,
+    )

@@ -11,6 +11,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.leads import lock_lead
+from nurture.consent import ConsentPolicy, send_refusal
 from nurture.contracts import (
     MessageEngagement,
     MessageEngagementInput,
@@ -19,8 +20,9 @@ from nurture.contracts import (
 )
 from nurture.db import session_scope
 from nurture.leads import template_context
-from nurture.models import Lead, Message, utcnow
+from nurture.models import Message, utcnow
 from nurture.rendering import TemplateError, TemplateRenderer
+from nurture.unsubscribe import UnsubscribeLinks, add_footer
 from nurture.wording import describe_age
 
 logger = logging.getLogger(__name__)
@@ -43,11 +45,15 @@ class MessagingActivities:
         email_provider: str,
         sms_provider: str,
         caps: dict[str, list[tuple[int, timedelta]]] | None = None,
+        policy: ConsentPolicy | None = None,
+        links: UnsubscribeLinks | None = None,
     ) -> None:
         self.engine = engine
         self.renderer = renderer
         self.providers = {"email": email_provider, "sms": sms_provider, "task": "crm"}
         self.caps = caps or {}
+        self.policy = policy or ConsentPolicy()
+        self.links = links
 
     @activity.defn
     def prepare_message(self, input: PrepareMessageInput) -> PreparedMessage:
@@ -81,7 +87,7 @@ class MessagingActivities:
                     deferred_until=until,
                     deferred_reason=reason,
                 )
-            skipped = self._skip_reason(lead, input.channel)
+            skipped = send_refusal(session, lead, input.channel, self.policy)
             if skipped is not None:
                 logger.info(
                     "message %s for lead %s skipped: %s",
@@ -113,12 +119,18 @@ class MessagingActivities:
                 body="",
                 provider=self.providers[input.channel],
             )
+            unsubscribe_url = (
+                self.links.url(lead.id, input.message_id)
+                if self.links is not None and input.channel == "email"
+                else None
+            )
             try:
                 rendered = self.renderer.render(
                     input.channel,
                     input.template,
                     template_context(lead),
                     input.personalization,
+                    {"unsubscribe_url": unsubscribe_url} if unsubscribe_url else None,
                 )
             except TemplateError as error:
                 message.status = "failed"
@@ -128,9 +140,13 @@ class MessagingActivities:
                 raise ApplicationError(
                     str(error), type="TemplateError", non_retryable=True
                 ) from None
+            text, html = rendered.text, rendered.html
+            if unsubscribe_url is not None:
+                # Every marketing email carries the link, whatever its template.
+                text, html = add_footer(text, html, unsubscribe_url)
             message.subject = rendered.subject
-            message.body = rendered.text
-            message.html = rendered.html
+            message.body = text
+            message.html = html
             session.add(message)
         return PreparedMessage(message_id=input.message_id, status="queued")
 
@@ -184,14 +200,3 @@ class MessagingActivities:
                         f"{describe_age(period)}"
                     )
         return (until, reason) if until is not None else None
-
-    def _skip_reason(self, lead: Lead, channel: str) -> str | None:
-        if lead.status == "closed":
-            return "lead is closed: do not contact"
-        if channel == "email" and lead.status in ("unsubscribed", "bounced"):
-            return f"lead's email is {lead.status}"
-        if channel == "email" and not lead.email:
-            return "lead has no email address"
-        if channel == "sms" and not lead.phone:
-            return "lead has no phone number"
-        return None

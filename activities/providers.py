@@ -6,27 +6,46 @@ the product runs without provider accounts.
 """
 
 import email.utils
+import http.client
 import json
 import logging
-from dataclasses import dataclass
+import socket
+import urllib.error
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Protocol
 
 import httpx
+import requests
 from python_http_client.exceptions import HTTPError
 from sendgrid import SendGridAPIClient
-from sendgrid.helpers.mail import Category, CustomArg, Mail
+from sendgrid.helpers.mail import Category, CustomArg, Header, Mail
 from twilio.base.exceptions import TwilioRestException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.rest import Client as TwilioClient
+
+from nurture.retry_after import retry_after_seconds
 
 logger = logging.getLogger(__name__)
 
 PROVIDER_TIMEOUT_SECONDS = 30
 # Twilio error codes that no retry can fix: the recipient opted out (21610),
-# or the number is invalid (21211), not SMS-capable (21614) or blocked (21612).
+# the number is invalid (21211), not SMS-capable (21614) or unreachable
+# (21612), or the account may not send to that region (21408).
 TWILIO_PERMANENT_CODES = frozenset({21211, 21408, 21610, 21612, 21614})
+# What each of those says about the number, for the suppression list. 21408
+# and 21612 are about the account or the route, not the person: not kept.
+TWILIO_NUMBER_VERDICTS = {
+    21610: "unsubscribed_at_provider",
+    21211: "invalid_number",
+    21614: "invalid_number",
+}
+# Twilio lists the newest messages first; an interrupted send is among these.
+TWILIO_LOOKUP_PAGE = 50
+# Clocks differ: a message created this long before our attempt still counts.
+LOOKUP_CLOCK_SKEW = timedelta(minutes=2)
 
 
 @dataclass(frozen=True)
@@ -41,6 +60,8 @@ class Outgoing:
     subject: str | None
     text: str
     html: str | None
+    # Extra mail headers, such as List-Unsubscribe.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class ProviderError(Exception):
@@ -59,51 +80,109 @@ class ProviderError(Exception):
         status: int | None = None,
         code: int | None = None,
         retry_after_seconds: float | None = None,
+        maybe_accepted: bool = False,
+        verdict: str | None = None,
     ) -> None:
         super().__init__(message)
         self.permanent = permanent
         self.status = status
         self.code = code
         self.retry_after_seconds = retry_after_seconds
+        # True when the request may have reached the provider before the
+        # connection failed, so only the provider can say whether it was taken.
+        self.maybe_accepted = maybe_accepted
+        # What a permanent error says about the address: invalid_address,
+        # invalid_number or unsubscribed_at_provider; None when it says nothing.
+        self.verdict = verdict
 
 
-class EmailSender(Protocol):
+class LookupUnavailable(Exception):
+    """The provider cannot tell whether it took a message (no access, no API)."""
+
+
+class Sender(Protocol):
     name: str
+    # Seconds after a send until the provider's own record of it is complete;
+    # before that, "not found" by find_sent proves nothing.
+    lookup_delay_seconds: float
 
     def send(self, message: Outgoing) -> str:
-        """Send an email and return the provider's message id."""
+        """Send the message and return the provider's message id."""
+        ...
+
+    def find_sent(self, message: Outgoing, since: datetime) -> str | None:
+        """Return the provider's id of this message if it took it after `since`.
+
+        Raises LookupUnavailable when the provider cannot answer.
+        """
         ...
 
 
-class SmsSender(Protocol):
-    name: str
-
-    def send(self, message: Outgoing) -> str:
-        """Send an SMS and return the provider's message id."""
-        ...
-
-
-def _retry_after(headers: object) -> float | None:
-    value = None
-    if headers is not None and hasattr(headers, "get"):
-        value = headers.get("Retry-After") or headers.get("X-RateLimit-Reset")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+EmailSender = Sender
+SmsSender = Sender
 
 
 def _is_permanent_status(status: int) -> bool:
     return 400 <= status < 500 and status not in (408, 409, 429)
 
 
+def _sendgrid_verdict(status: int, body: str) -> str | None:
+    """Return invalid_address when a 400 names the recipient's address."""
+    if status != 400:
+        return None
+    try:
+        errors = json.loads(body).get("errors", [])
+    except (ValueError, AttributeError):
+        return None
+    for error in errors if isinstance(errors, list) else []:
+        where = str(error.get("field") or "") if isinstance(error, dict) else ""
+        if where.startswith("personalizations") and ".to" in where:
+            return "invalid_address"
+    return None
+
+
+def _interrupted(error: BaseException) -> bool:
+    """True when a network error may have come after the request was sent."""
+    if isinstance(error, urllib.error.URLError):
+        # urllib wraps the errors of opening the connection: nothing was sent.
+        return isinstance(error.reason, (TimeoutError, socket.timeout))
+    if isinstance(error, requests.exceptions.ConnectionError):
+        return not isinstance(
+            error, requests.exceptions.ConnectTimeout
+        ) and "NewConnectionError" not in str(error)
+    return isinstance(
+        error,
+        (
+            TimeoutError,
+            socket.timeout,
+            http.client.RemoteDisconnected,
+            ConnectionResetError,
+            requests.exceptions.ReadTimeout,
+        ),
+    )
+
+
 class SendGridEmailSender:
     name = "sendgrid"
 
-    def __init__(self, api_key: str, host: str, from_email: str) -> None:
+    def __init__(
+        self,
+        api_key: str,
+        host: str,
+        from_email: str,
+        lookup_delay_seconds: float = 300.0,
+    ) -> None:
         self.api_key = api_key
         self.host = host
         self.from_email = from_email
+        # SendGrid's Email Activity feed shows a message some minutes after
+        # it was accepted.
+        self.lookup_delay_seconds = lookup_delay_seconds
+
+    def _client(self) -> SendGridAPIClient:
+        client = SendGridAPIClient(self.api_key, host=self.host)
+        client.client.timeout = PROVIDER_TIMEOUT_SECONDS
+        return client
 
     def send(self, message: Outgoing) -> str:
         mail = Mail(
@@ -122,24 +201,62 @@ class SendGridEmailSender:
             categories.append(message.campaign_id)
         mail.custom_arg = [CustomArg(key, value) for key, value in custom_args.items()]
         mail.category = [Category(name) for name in categories]
-        client = SendGridAPIClient(self.api_key, host=self.host)
-        client.client.timeout = PROVIDER_TIMEOUT_SECONDS
+        for name, value in message.headers.items():
+            mail.header = Header(name, value)
         try:
-            response = client.send(mail)
+            response = self._client().send(mail)
         except HTTPError as error:
             body = error.body.decode("utf-8", "replace") if error.body else ""
             raise ProviderError(
                 f"SendGrid returned HTTP {error.status_code}: {body[:300]}",
                 permanent=_is_permanent_status(error.status_code),
                 status=error.status_code,
-                retry_after_seconds=_retry_after(error.headers),
+                retry_after_seconds=retry_after_seconds(error.headers),
+                verdict=_sendgrid_verdict(error.status_code, body),
+            ) from None
+        except OSError as error:
+            raise ProviderError(
+                f"SendGrid unreachable: {error}",
+                permanent=False,
+                maybe_accepted=_interrupted(error),
+            ) from None
+        provider_id = response.headers.get("X-Message-Id")
+        return str(provider_id or "")
+
+    def find_sent(self, message: Outgoing, since: datetime) -> str | None:
+        """Ask SendGrid's Email Activity feed for the message by our message id.
+
+        The feed needs SendGrid's Email Activity add-on; without it SendGrid
+        answers 403 or 404, and this raises LookupUnavailable.
+        """
+        query = f"unique_args['message_id']=\"{message.message_id}\""
+        try:
+            response = self._client().client.messages.get(
+                query_params={"query": query, "limit": 10}
+            )
+        except HTTPError as error:
+            if error.status_code in (401, 403, 404):
+                raise LookupUnavailable(
+                    f"SendGrid's Email Activity feed answered HTTP "
+                    f"{error.status_code}: the API key needs Email Activity access"
+                ) from None
+            raise ProviderError(
+                f"SendGrid's Email Activity feed returned HTTP {error.status_code}",
+                permanent=False,
+                status=error.status_code,
+                retry_after_seconds=retry_after_seconds(error.headers),
             ) from None
         except OSError as error:
             raise ProviderError(
                 f"SendGrid unreachable: {error}", permanent=False
             ) from None
-        provider_id = response.headers.get("X-Message-Id")
-        return str(provider_id or "")
+        found = json.loads(response.body or b"{}").get("messages") or []
+        for entry in found:
+            msg_id = str(entry.get("msg_id") or "")
+            if msg_id:
+                # The feed's msg_id is "<X-Message-Id>.<filter suffix>".
+                return msg_id.split(".", 1)[0]
+        return None
 
 
 class TwilioSmsSender:
@@ -161,6 +278,8 @@ class TwilioSmsSender:
         self.client.api.base_url = base_url
         self.from_number = from_number
         self.status_callback_url = status_callback_url
+        # Twilio lists a message as soon as it accepts it.
+        self.lookup_delay_seconds = 0.0
 
     def send(self, message: Outgoing) -> str:
         try:
@@ -179,12 +298,45 @@ class TwilioSmsSender:
                 permanent=permanent,
                 status=error.status,
                 code=error.code,
+                retry_after_seconds=retry_after_seconds(
+                    getattr(error, "headers", None)
+                ),
+                verdict=TWILIO_NUMBER_VERDICTS.get(error.code or 0),
+            ) from None
+        except OSError as error:
+            raise ProviderError(
+                f"Twilio unreachable: {error}",
+                permanent=False,
+                maybe_accepted=_interrupted(error),
+            ) from None
+        return str(created.sid)
+
+    def find_sent(self, message: Outgoing, since: datetime) -> str | None:
+        """Find the message among the latest ones sent to the same number.
+
+        Twilio keeps no id of ours, so a message matches by sender, recipient
+        and body, created no earlier than the interrupted attempt.
+        """
+        try:
+            recent = self.client.messages.list(
+                to=message.to, from_=self.from_number, limit=TWILIO_LOOKUP_PAGE
+            )
+        except TwilioRestException as error:
+            raise ProviderError(
+                f"Twilio returned HTTP {error.status} listing messages: {error.msg}",
+                permanent=False,
+                status=error.status,
             ) from None
         except OSError as error:
             raise ProviderError(
                 f"Twilio unreachable: {error}", permanent=False
             ) from None
-        return str(created.sid)
+        earliest = since - LOOKUP_CLOCK_SKEW
+        for sent in recent:
+            created = sent.date_created
+            if sent.body == message.text and (created is None or created >= earliest):
+                return str(sent.sid)
+        return None
 
 
 class TaskSender(Protocol):
@@ -228,7 +380,7 @@ class CrmTaskSender:
                 f"CRM returned HTTP {response.status_code}: {response.text[:300]}",
                 permanent=_is_permanent_status(response.status_code),
                 status=response.status_code,
-                retry_after_seconds=_retry_after(response.headers),
+                retry_after_seconds=retry_after_seconds(response.headers),
             )
         return f"task-{message.message_id}"
 
@@ -237,10 +389,15 @@ class ConsoleEmailSender:
     """Writes each email as an .eml file instead of sending it."""
 
     name = "console"
+    lookup_delay_seconds = 0.0
 
     def __init__(self, outbox: Path, from_email: str) -> None:
         self.outbox = outbox
         self.from_email = from_email
+
+    def find_sent(self, message: Outgoing, since: datetime) -> str | None:
+        path = self.outbox / f"{message.message_id}.eml"
+        return f"console-{message.message_id}" if path.exists() else None
 
     def send(self, message: Outgoing) -> str:
         mail = EmailMessage()
@@ -249,6 +406,8 @@ class ConsoleEmailSender:
         mail["Subject"] = message.subject or ""
         mail["Date"] = email.utils.formatdate(localtime=False)
         mail["X-Nurture-Message-Id"] = message.message_id
+        for name, value in message.headers.items():
+            mail[name] = value
         mail.set_content(message.text)
         if message.html:
             mail.add_alternative(message.html, subtype="html")
@@ -268,9 +427,14 @@ class ConsoleSmsSender:
     """Writes each SMS as a JSON file instead of sending it."""
 
     name = "console"
+    lookup_delay_seconds = 0.0
 
     def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
+
+    def find_sent(self, message: Outgoing, since: datetime) -> str | None:
+        path = self.outbox / f"{message.message_id}.sms.json"
+        return f"console-{message.message_id}" if path.exists() else None
 
     def send(self, message: Outgoing) -> str:
         self.outbox.mkdir(parents=True, exist_ok=True)

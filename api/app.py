@@ -14,6 +14,7 @@ from api.deps import TemporalGateway, check_api_key
 from api.errors import ApiError, error_response, install_error_handlers
 from api.routes import (
     campaigns,
+    consent,
     events,
     health,
     imports,
@@ -22,6 +23,7 @@ from api.routes import (
     lifecycle,
     outcomes,
     scoring,
+    unsubscribe,
     webhooks,
 )
 from api.workflow_calls import reconcile_forever
@@ -29,11 +31,16 @@ from nurture.config import Settings, get_settings
 from nurture.db import create_db_engine, migrate
 from nurture.logs import configure_logging
 from nurture.rendering import TemplateRenderer
+from nurture.unsubscribe import UNSUBSCRIBE_PATH
+from nurture.webhook_signatures import sendgrid_verifier
 
 logger = logging.getLogger(__name__)
 
 PROTECTED_PREFIX = "/api/v1/"
 WEBHOOK_PREFIX = "/api/v1/webhooks/"
+# Routes whose callers cannot hold our API key: providers, and readers of
+# unsubscribe links. Each checks a signature of its own.
+PUBLIC_PREFIXES = (WEBHOOK_PREFIX, f"{UNSUBSCRIBE_PATH}/")
 
 
 def create_app(
@@ -63,6 +70,19 @@ def create_app(
 
     if not settings.api_key:
         logger.warning("NURTURE_API_KEY is empty: every /api/v1 request gets 401")
+    # Raises ValueError for an invalid key, so a bad setting stops the start.
+    verifier = sendgrid_verifier(
+        settings.sendgrid_webhook_public_key, settings.webhook_max_age_seconds
+    )
+    if verifier is None:
+        logger.warning(
+            "SENDGRID_WEBHOOK_PUBLIC_KEY is empty: SendGrid events are accepted "
+            "without a signature check"
+        )
+    if not settings.twilio_auth_token:
+        logger.warning(
+            "TWILIO_AUTH_TOKEN is empty: every Twilio webhook request gets 403"
+        )
     app = FastAPI(
         title="nurture",
         version="0.1.0",
@@ -73,6 +93,7 @@ def create_app(
     app.state.engine = engine or create_db_engine(settings.database_url)
     app.state.temporal = TemporalGateway(settings, temporal_client)
     app.state.renderer = TemplateRenderer(settings.templates_dir)
+    app.state.sendgrid_verifier = verifier
     # CSV imports running in the background; held so they are not collected.
     app.state.background_tasks = set()
     install_error_handlers(app)
@@ -83,7 +104,7 @@ def create_app(
         # 401 even when its body is malformed. Providers cannot send our key,
         # so their webhooks are left to the routes.
         path = request.url.path
-        if path.startswith(PROTECTED_PREFIX) and not path.startswith(WEBHOOK_PREFIX):
+        if path.startswith(PROTECTED_PREFIX) and not path.startswith(PUBLIC_PREFIXES):
             try:
                 check_api_key(request.headers.get("authorization"), settings.api_key)
             except ApiError as error:
@@ -101,6 +122,8 @@ def create_app(
         lifecycle,
         events,
         webhooks,
+        consent,
+        unsubscribe,
     ):
         app.include_router(module.router)
     return app

@@ -110,6 +110,14 @@ class SendStep(StepBase):
     condition: str | None = Field(
         None, description="Send only when this condition is true; skip otherwise."
     )
+    on_failure: Literal["continue", "exit"] = Field(
+        "continue",
+        description=(
+            "When the provider refuses the message for good (an invalid "
+            "address, an opted-out number): go on with the next step, or end "
+            "the enrollment as failed."
+        ),
+    )
 
     _delay = field_validator("delay")(_check_duration)
     _condition = field_validator("condition")(_check_condition)

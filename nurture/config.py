@@ -1,5 +1,6 @@
 """Settings for the API, the worker and the dev launcher, read from the environment."""
 
+import json
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -7,6 +8,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from nurture.consent import ConsentPolicy, parse_country_list
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / ".data"
@@ -49,6 +52,36 @@ class Settings(BaseSettings):
     public_base_url: str = "http://127.0.0.1:8000"
 
     crm_webhook_url: str = ""
+    crm_provider: Literal["webhook", "hubspot"] = Field(
+        "webhook",
+        description=(
+            "Where lead syncs and sales tasks go: webhook posts them to "
+            "CRM_WEBHOOK_URL (nowhere when empty), hubspot uses HubSpot's API."
+        ),
+    )
+    hubspot_access_token: str = ""
+    hubspot_base_url: str = "https://api.hubapi.com"
+    hubspot_field_mapping: str = Field(
+        "",
+        description=(
+            "JSON object of HubSpot property to lead field, merged over the "
+            'default mapping, e.g. {"lifecyclestage": "stage"}.'
+        ),
+    )
+    enrichment_provider: Literal["offline", "http"] = Field(
+        "offline",
+        description=(
+            "offline derives facts from the lead's own fields; http also asks "
+            "the company lookup service at ENRICHMENT_URL."
+        ),
+    )
+    enrichment_url: str = ""
+    enrichment_api_key: str = ""
+    enrichment_timeout_seconds: float = Field(5.0, gt=0)
+    enrichment_retries: int = Field(2, ge=0, le=10)
+    enrichment_cache_hours: float = Field(
+        24.0 * 30, ge=0, description="How long a company lookup is reused."
+    )
     templates_dir: Path = PROJECT_ROOT / "templates"
     default_phone_region: str = "US"
     default_timezone: str = Field(
@@ -63,7 +96,83 @@ class Settings(BaseSettings):
     )
     mql_threshold: int = Field(70, ge=0, le=100)
     send_rate_per_second: float = Field(
-        10.0, gt=0, description="Provider calls per second across all send workers."
+        10.0,
+        gt=0,
+        description="CRM task calls per second across all send workers.",
+    )
+    email_rate_per_second: float = Field(
+        10.0,
+        gt=0,
+        description="Email provider calls per second across all send workers.",
+    )
+    sms_rate_per_second: float = Field(
+        1.0,
+        gt=0,
+        description=(
+            "SMS provider calls per second across all send workers; Twilio "
+            "sends 1 per second from a long code."
+        ),
+    )
+    provider_lookup_grace_seconds: float = Field(
+        300.0,
+        ge=0,
+        description=(
+            "How long after an interrupted email send the provider's activity "
+            "log is asked before the message is sent again."
+        ),
+    )
+
+    sendgrid_webhook_public_key: str = Field(
+        "",
+        description=(
+            "The Event Webhook's verification key as SendGrid shows it (base64 "
+            "DER). Empty: events are accepted unsigned, with a warning at start."
+        ),
+    )
+    webhook_max_age_seconds: int = Field(
+        600, gt=0, description="Oldest signed webhook timestamp accepted."
+    )
+    twilio_status_webhook_url: str = Field(
+        "",
+        description=(
+            "The URL Twilio calls for status callbacks, when a proxy serves "
+            "it at another path; default PUBLIC_BASE_URL plus the route."
+        ),
+    )
+    twilio_inbound_webhook_url: str = Field(
+        "",
+        description=(
+            "The URL Twilio calls for inbound SMS, when a proxy serves it at "
+            "another path; default PUBLIC_BASE_URL plus the route."
+        ),
+    )
+    sms_help_reply: str = Field(
+        "Nurture updates: reply STOP to unsubscribe, START to resubscribe. "
+        "Msg&data rates may apply.",
+        max_length=320,
+        description="The answer to HELP and INFO.",
+    )
+    unsubscribe_secret: str = Field(
+        "",
+        description=(
+            "Signs unsubscribe links; every API and worker process needs the "
+            "same value. Required in production."
+        ),
+    )
+    email_opt_in_countries: str = Field(
+        "AT,BE,BG,CY,CZ,DE,DK,EE,ES,FI,FR,GR,HR,HU,IE,IS,IT,LI,LT,LU,LV,MT,NL,"
+        "NO,PL,PT,RO,SE,SI,SK,GB,CH,CA,AU,NZ",
+        description=(
+            "Countries (ISO codes, or *) whose leads get marketing email only "
+            "after an opt-in is on record."
+        ),
+    )
+    sms_opt_in_countries: str = Field(
+        "",
+        description=(
+            "Countries (ISO codes, or *) whose leads get marketing SMS only "
+            "after an opt-in is on record."
+        ),
     )
 
     @model_validator(mode="after")
@@ -74,6 +183,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 "NURTURE_API_KEY must be a random secret of at least 24 characters "
                 "when NURTURE_ENV=production"
+            )
+        if len(self.unsubscribe_secret) < 24:
+            raise ValueError(
+                "UNSUBSCRIBE_SECRET must be a random secret of at least 24 "
+                "characters when NURTURE_ENV=production"
             )
         if self.email_provider == "sendgrid" and not self.sendgrid_api_key:
             raise ValueError(
@@ -94,6 +208,57 @@ class Settings(BaseSettings):
         parse_frequency_caps(value)
         return value
 
+    @model_validator(mode="after")
+    def _check_integrations(self) -> "Settings":
+        if self.crm_provider == "hubspot" and not self.hubspot_access_token:
+            raise ValueError(
+                "HUBSPOT_ACCESS_TOKEN is required when CRM_PROVIDER=hubspot: "
+                "create a private app token in HubSpot with the contacts scopes"
+            )
+        if self.enrichment_provider == "http" and not self.enrichment_url:
+            raise ValueError("ENRICHMENT_URL is required when ENRICHMENT_PROVIDER=http")
+        if self.hubspot_field_mapping.strip():
+            try:
+                mapping = json.loads(self.hubspot_field_mapping)
+            except ValueError as error:
+                raise ValueError(
+                    f"HUBSPOT_FIELD_MAPPING is not valid JSON: {error}"
+                ) from None
+            if not isinstance(mapping, dict) or not all(
+                isinstance(v, str | None) for v in mapping.values()
+            ):
+                raise ValueError(
+                    "HUBSPOT_FIELD_MAPPING must be a JSON object of HubSpot "
+                    'property to lead field or null, e.g. {"jobtitle": "job_title"}'
+                )
+        return self
+
+    @field_validator("email_opt_in_countries", "sms_opt_in_countries")
+    @classmethod
+    def _check_countries(cls, value: str) -> str:
+        if value.strip() != "*":
+            parse_country_list(value)
+        return value
+
+    @property
+    def consent_policy(self) -> ConsentPolicy:
+        return ConsentPolicy(
+            email_opt_in_countries=_countries(self.email_opt_in_countries),
+            sms_opt_in_countries=_countries(self.sms_opt_in_countries),
+        )
+
+    @property
+    def signing_secret(self) -> bytes:
+        """The key of unsubscribe links; in development, derived from the API key."""
+        secret = self.unsubscribe_secret or f"nurture-dev-links:{self.api_key}"
+        return secret.encode()
+
+    def send_queue_for(self, channel: str) -> str:
+        """Task queue of one channel's provider calls, rate limited on its own."""
+        if channel in ("email", "sms"):
+            return f"{self.task_queue}-send-{channel}"
+        return self.send_task_queue
+
     @property
     def caps(self) -> dict[str, list[tuple[int, timedelta]]]:
         return parse_frequency_caps(self.frequency_caps)
@@ -107,6 +272,10 @@ class Settings(BaseSettings):
     def score_task_queue(self) -> str:
         """Task queue of model training and batch rescoring."""
         return f"{self.task_queue}-score"
+
+
+def _countries(text: str) -> frozenset[str]:
+    return frozenset({"*"}) if text.strip() == "*" else parse_country_list(text)
 
 
 _PERIODS = {

@@ -226,8 +226,11 @@ class DeliverMessageInput(BaseModel):
 
 class DeliveryResult(BaseModel):
     message_id: str
+    # sent, or suppressed (consent or suppression stopped it at send time), or
+    # unconfirmed (an interrupted attempt the provider cannot account for).
     status: str
     provider_message_id: str | None = None
+    reason: str | None = None
 
 
 class MessageEngagementInput(BaseModel):

@@ -1,4 +1,9 @@
-"""Storing engagement events once and moving message status forward only."""
+"""Storing engagement events once and moving message status forward only.
+
+SendGrid's events also change what we may send to an address: hard bounces,
+drops and spam reports suppress it, and unsubscribes change the email consent
+of every lead with that address.
+"""
 
 import hashlib
 import json
@@ -9,12 +14,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from nurture.consent import record_address_consent, suppress
 from nurture.models import EngagementEvent, Enrollment, Lead, Message, utcnow
 
 # Message statuses in the order events can move them; a late "delivered"
 # never replaces "opened". Bounced and failed end the message.
 STATUS_RANK = {
     "queued": 0,
+    "sending": 0,
     "sent": 1,
     "delivered": 2,
     "opened": 3,
@@ -37,6 +44,27 @@ SENDGRID_LEAD_STATUS = {
     "unsubscribe": "unsubscribed",
     "group_unsubscribe": "unsubscribed",
 }
+# Suppression reasons by event. A block (event "blocked", or a
+# "bounce" of type "blocked") is left out: SendGrid's Blocks documentation
+# says the receiver rejected the message itself, not the address, and
+# SendGrid does not suppress blocked addresses.
+SENDGRID_SUPPRESSION = {
+    "bounce": "bounce",
+    "dropped": "dropped",
+    "spamreport": "spamreport",
+}
+SENDGRID_CONSENT = {
+    "spamreport": "opted_out",
+    "unsubscribe": "opted_out",
+    "group_unsubscribe": "opted_out",
+    "group_resubscribe": "opted_in",
+}
+# Drop reasons that SendGrid's documentation of drops gives for a fault of
+# the message ("Spam Content") or of the request ("Invalid SMTPAPI header").
+# Every other drop reason names a list the address is on, so it suppresses.
+MESSAGE_DROP_REASONS = ("spam content", "invalid smtpapi header")
+# The `recorded_by` of consent changes that provider webhooks make.
+WEBHOOK_ACTOR = "webhook"
 # Events that the lead's and the enrollment's workflows react to.
 SIGNALLED_EVENTS = frozenset(
     {"open", "click", "bounce", "dropped", "spamreport", "unsubscribe"}
@@ -105,8 +133,97 @@ def _occurred_at(event: dict[str, Any]) -> datetime:
     return utcnow()
 
 
+def sendgrid_effect(event: dict[str, Any]) -> str:
+    """Return the event's type, or "blocked" for a bounce of type "blocked"."""
+    event_type = str(event["event"])
+    if event_type == "bounce" and event.get("type") == "blocked":
+        return "blocked"
+    return event_type
+
+
+def _stored_data(event: dict[str, Any]) -> dict[str, Any]:
+    data = {k: v for k, v in event.items() if k not in ("email", "ip", "useragent")}
+    # SendGrid sends one category as a string and several as a list.
+    if isinstance(data.get("category"), str):
+        data["category"] = [data["category"]]
+    return data
+
+
+def _text(event: dict[str, Any], key: str) -> str | None:
+    value = event.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _failure_text(event: dict[str, Any]) -> str:
+    reason = _text(event, "reason") or _text(event, "response")
+    effect = sendgrid_effect(event)
+    return f"SendGrid {effect}: {reason}" if reason else f"SendGrid {effect}"
+
+
+def _address_effects(
+    session: Session, event: dict[str, Any], address: str, at: datetime
+) -> None:
+    """Suppress the address, or change its consent, as the event requires."""
+    effect = sendgrid_effect(event)
+    suppression = SENDGRID_SUPPRESSION.get(effect)
+    reason = (_text(event, "reason") or "").casefold()
+    if effect == "dropped" and reason.startswith(MESSAGE_DROP_REASONS):
+        suppression = None
+    if suppression is not None:
+        detail: dict[str, Any] = {
+            key: event[key]
+            for key in ("sg_event_id", "reason", "status", "bounce_classification")
+            if key in event
+        }
+        suppress(
+            session, "email", address, suppression, source="sendgrid", detail=detail
+        )
+    consent = SENDGRID_CONSENT.get(effect)
+    if consent is not None:
+        proof = {"event": effect}
+        proof.update(
+            {key: event[key] for key in ("sg_event_id", "asm_group_id") if key in event}
+        )
+        record_address_consent(
+            session,
+            "email",
+            address,
+            consent,
+            source="sendgrid",
+            actor=WEBHOOK_ACTOR,
+            proof=proof,
+            occurred_at=at,
+        )
+
+
+def _update_lead_status(session: Session, lead_id: str, effect: str) -> None:
+    lead = session.get(Lead, lead_id)
+    if lead is None:
+        return
+    if effect in SENDGRID_LEAD_STATUS and lead.status == "active":
+        if effect in SENDGRID_CONSENT and lead.email_consent == "opted_in":
+            # A newer opt-in is on record: this opt-out arrived late.
+            return
+        lead.status = SENDGRID_LEAD_STATUS[effect]
+    elif (
+        effect == "group_resubscribe"
+        and lead.status == "unsubscribed"
+        and lead.email_consent == "opted_in"
+    ):
+        # The resubscribe is the lead's latest consent change, so the
+        # unsubscribe it reverses no longer holds.
+        lead.status = "active"
+    else:
+        return
+    lead.updated_at = utcnow()
+    session.add(lead)
+
+
 def store_sendgrid_event(session: Session, event: dict[str, Any]) -> StoredEvent:
-    """Store one SendGrid event once, and apply it to its message and lead."""
+    """Store one SendGrid event once, and apply it to its message, lead and address.
+
+    The address is the event's `email`, else the matched message's recipient.
+    """
     event_id = _event_id(event)
     event_type = str(event["event"])
     existing = session.exec(
@@ -129,7 +246,7 @@ def store_sendgrid_event(session: Session, event: dict[str, Any]) -> StoredEvent
         source="sendgrid",
         provider_event_id=event_id,
         occurred_at=at,
-        data={k: v for k, v in event.items() if k not in ("email", "ip", "useragent")},
+        data=_stored_data(event),
     )
     try:
         with session.begin_nested():
@@ -140,14 +257,15 @@ def store_sendgrid_event(session: Session, event: dict[str, Any]) -> StoredEvent
             stored.id, event_type, lead_id, stored.message_id, None, True
         )
     if message is not None and event_type in SENDGRID_STATUS:
-        advance_status(message, SENDGRID_STATUS[event_type], at)
+        advanced = advance_status(message, SENDGRID_STATUS[event_type], at)
+        if advanced and message.status in ("bounced", "failed"):
+            message.error = _failure_text(event)
         session.add(message)
-    if lead_id is not None and event_type in SENDGRID_LEAD_STATUS:
-        lead = session.get(Lead, lead_id)
-        if lead is not None and lead.status == "active":
-            lead.status = SENDGRID_LEAD_STATUS[event_type]
-            lead.updated_at = utcnow()
-            session.add(lead)
+    address = _text(event, "email") or (message.to_address if message else None)
+    if address is not None:
+        _address_effects(session, event, address, at)
+    if lead_id is not None:
+        _update_lead_status(session, lead_id, sendgrid_effect(event))
     workflow_id = None
     if message is not None and message.enrollment_id:
         enrollment = session.get(Enrollment, message.enrollment_id)

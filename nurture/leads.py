@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from sqlmodel import Session, col, select
 
 from nurture.config import get_settings
+from nurture.consent import ConsentCapture, record_capture_consent
 from nurture.models import AuditEntry, EngagementEvent, Lead, utcnow
 from nurture.schemas import CamelModel, StrictCamelModel
 from nurture.sendtime import validate_timezone
@@ -120,6 +121,13 @@ class LeadCreate(StrictCamelModel):
     company: CompanyIn = Field(default_factory=CompanyIn)
     source: SourceIn = Field(default_factory=SourceIn)
     custom_fields: dict[str, Any] = Field(default_factory=dict)
+    consent: ConsentCapture | None = Field(
+        None,
+        description=(
+            "What the form asked and the person answered; true is an opt-in, "
+            "false a refusal. Leave out a channel the form did not ask about."
+        ),
+    )
 
     @field_validator("contact")
     @classmethod
@@ -168,7 +176,17 @@ FORM_FIELDS: dict[str, tuple[str, str]] = {
     "utm_campaign": ("source", "campaign"),
     "utm_medium": ("source", "medium"),
     "utm_content": ("source", "content"),
+    "consent_email": ("consent", "email"),
+    "emailConsent": ("consent", "email"),
+    "email_consent": ("consent", "email"),
+    "consent_sms": ("consent", "sms"),
+    "smsConsent": ("consent", "sms"),
+    "sms_consent": ("consent", "sms"),
+    "consent_text": ("consent", "text"),
+    "consentText": ("consent", "text"),
 }
+# Form values that mean a ticked box; anything else is a refusal.
+_TICKED = frozenset({"on", "true", "yes", "1", "checked", "y"})
 
 
 def form_to_payload(form: dict[str, str]) -> dict[str, Any]:
@@ -179,13 +197,21 @@ def form_to_payload(form: dict[str, str]) -> dict[str, Any]:
         "source": {},
         "customFields": {},
     }
+    consent: dict[str, Any] = {}
     for key, value in form.items():
         target = FORM_FIELDS.get(key)
         if target is None:
             payload["customFields"][key] = value
+        elif target[0] == "consent":
+            field = target[1]
+            consent[field] = (
+                value.strip().lower() in _TICKED if field in ("email", "sms") else value
+            )
         else:
             section, field = target
             payload[section][field] = value
+    if consent:
+        payload["consent"] = consent
     return payload
 
 
@@ -273,6 +299,8 @@ def capture_lead(
         lead.updated_at = now
         action = "lead.merged"
     session.flush()
+    if payload.consent is not None:
+        record_capture_consent(session, lead, payload.consent, actor, source="form")
     session.add(
         EngagementEvent(
             lead_id=lead.id,
@@ -377,6 +405,9 @@ class LeadPublic(CamelModel):
     activity: dict[str, Any] = {}
     stage: str
     status: str
+    # The latest consent per channel: opted_in, opted_out or unknown.
+    consent: dict[str, str] = {}
+    crm_id: str | None = None
     created_at: datetime
     updated_at: datetime
     scored_at: datetime | None
@@ -426,6 +457,8 @@ class LeadPublic(CamelModel):
             activity=lead.activity,
             stage=lead.stage,
             status=lead.status,
+            consent={"email": lead.email_consent, "sms": lead.sms_consent},
+            crm_id=lead.crm_id,
             created_at=lead.created_at,
             updated_at=lead.updated_at,
             scored_at=lead.scored_at,

@@ -108,6 +108,13 @@ class Lead(SQLModel, table=True):
     outcome_at: datetime | None = _optional_timestamp()
     stage: str = "new"
     status: str = Field(default="active", index=True)
+    # The lead's latest consent per channel: "opted_in", "opted_out" or
+    # "unknown". consent_records keeps every change with its source and proof.
+    email_consent: str = "unknown"
+    sms_consent: str = "unknown"
+    # The contact's id in the CRM, once a sync created or found it there.
+    crm_id: str | None = Field(default=None, index=True)
+    crm_synced_at: datetime | None = _optional_timestamp()
     # When Temporal last accepted a start or signal for the lead's workflow.
     # None means the last one failed, and the API's reconciler sends it again.
     workflow_synced_at: datetime | None = _optional_timestamp()
@@ -181,9 +188,16 @@ class Message(SQLModel, table=True):
     subject: str | None = None
     body: str
     html: str | None = None
+    # queued -> sending -> sent -> delivered -> opened -> clicked, or failed,
+    # bounced, or suppressed when consent or suppression stopped it at send time.
     status: str = Field(default="queued", index=True)
     variant: str | None = None
     provider: str
+    # Provider calls made for this message, and when the latest began. A row
+    # left "sending" means a call may have reached the provider, so the next
+    # attempt asks the provider before it sends again.
+    attempts: int = 0
+    sending_at: datetime | None = _optional_timestamp()
     provider_message_id: str | None = Field(default=None, index=True)
     error: str | None = None
     created_at: datetime = _timestamp()
@@ -302,3 +316,62 @@ class LeadImport(SQLModel, table=True):
     # The first rejected rows with their reasons; `rejected` counts them all.
     errors: list[dict[str, Any]] = Field(default_factory=list, sa_type=JSON)
     error: str | None = None
+
+
+class ConsentRecord(SQLModel, table=True):
+    """One change of a lead's consent for a channel, with where it came from.
+
+    The ledger is append-only; the lead's `email_consent` and `sms_consent`
+    hold the latest status by `occurred_at`.
+    """
+
+    __tablename__ = "consent_records"
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: str = Field(foreign_key="leads.id", index=True)
+    channel: str
+    # "opted_in" or "opted_out".
+    status: str
+    # Where the change came from: form, api, import, unsubscribe_link,
+    # sendgrid, twilio.
+    source: str
+    # What proves it: the form's page and IP, the SMS keyword and its SID, the
+    # provider event id.
+    proof: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    occurred_at: datetime = _timestamp()
+    recorded_at: datetime = _timestamp()
+    recorded_by: str
+
+
+class Suppression(SQLModel, table=True):
+    """An address that must get nothing more on a channel, and why.
+
+    Kept by address, not by lead, so a lead captured again with the same
+    address stays suppressed.
+    """
+
+    __tablename__ = "suppressions"
+    __table_args__ = (sa.UniqueConstraint("channel", "address"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    channel: str
+    # The lower-cased email address or the E.164 phone number.
+    address: str
+    # bounce, blocked, dropped, spamreport, invalid_address, invalid_number,
+    # unsubscribed_at_provider.
+    reason: str
+    source: str
+    detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    created_at: datetime = _timestamp()
+
+
+class EnrichmentCacheEntry(SQLModel, table=True):
+    """A company lookup from the enrichment provider, kept until it expires."""
+
+    __tablename__ = "enrichment_cache"
+
+    key: str = Field(primary_key=True)
+    provider: str
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    fetched_at: datetime = _timestamp()
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)

@@ -87,10 +87,14 @@ class TemplateRenderer:
         name: str,
         lead: dict[str, Any],
         personalization: dict[str, str],
+        extras: dict[str, Any] | None = None,
     ) -> Rendered:
-        """Render a template for a lead; personalization values become variables."""
+        """Render a template for a lead; personalization values become variables.
+
+        `extras` are variables of the send itself, such as `unsubscribe_url`.
+        """
         self.check(channel, name)
-        context: dict[str, Any] = {"lead": _without_none(lead)}
+        context: dict[str, Any] = {"lead": _without_none(lead), **(extras or {})}
         try:
             for key, expression in personalization.items():
                 context[key] = self.env.from_string(expression).render(context)

@@ -195,19 +195,26 @@ async def running_stack(
     engine: sa.Engine,
     sendgrid: FakeSendGrid,
     twilio: FakeTwilio,
+    in_process: tuple[str, ...] = ("main", "send", "score"),
     **overrides: Any,
 ) -> AsyncIterator[Stack]:
-    """Run the API and the three workers on fresh task queues until the block ends."""
+    """Run the API and the workers on fresh task queues until the block ends.
+
+    `in_process` names the worker parts run here; a test runs the others as
+    processes of their own, to kill them.
+    """
     sendgrid.reset()
     twilio.reset()
     settings = make_settings(database_url, sendgrid, twilio, **overrides)
     client = env.client
     app = create_app(settings, client, engine, run_migrations=False, reconcile=False)
     with ThreadPoolExecutor(max_workers=10) as executor:
-        main, send, score = build_workers(
+        built = build_workers(
             client, settings, engine, executor, fail_workflow_on_bug=True
         )
-        async with main, send, score:
+        async with contextlib.AsyncExitStack() as workers:
+            for worker in [w for part in in_process for w in built[part]]:
+                await workers.enter_async_context(worker)
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(
                 transport=transport,

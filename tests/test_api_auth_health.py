@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
 
-from api.app import create_app
+from api.app import PUBLIC_PREFIXES, create_app
 from nurture.config import Settings
 from nurture.db import create_db_engine, session_scope
 from nurture.models import Lead
@@ -73,11 +73,13 @@ def operations(predicate: Any) -> list[tuple[str, str]]:
 
 
 def is_protected(path: str) -> bool:
-    return path.startswith("/api/v1/") and not path.startswith("/api/v1/webhooks/")
+    return path.startswith("/api/v1/") and not path.startswith(PUBLIC_PREFIXES)
 
 
 PROTECTED = operations(is_protected)
 WEBHOOKS = operations(lambda path: path.startswith("/api/v1/webhooks/"))
+# Readers of our emails open these without a key; the link's signature counts.
+UNSUBSCRIBE = operations(lambda path: path.startswith("/api/v1/unsubscribe/"))
 
 
 def concrete(path: str) -> str:
@@ -162,8 +164,16 @@ def test_route_walk_finds_documented_routes() -> None:
     assert set(PROTECTED) >= DOCUMENTED
 
 
-def test_route_walk_finds_webhooks() -> None:
-    assert WEBHOOKS == [("POST", "/api/v1/webhooks/sendgrid")]
+def test_route_walk_finds_open_routes() -> None:
+    assert WEBHOOKS == [
+        ("POST", "/api/v1/webhooks/sendgrid"),
+        ("POST", "/api/v1/webhooks/twilio/inbound"),
+        ("POST", "/api/v1/webhooks/twilio/status"),
+    ]
+    assert UNSUBSCRIBE == [
+        ("GET", "/api/v1/unsubscribe/{token}"),
+        ("POST", "/api/v1/unsubscribe/{token}"),
+    ]
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
@@ -174,7 +184,9 @@ def test_openapi_declares_bearer_security(method: str, path: str) -> None:
     assert "401" in operation["responses"]
 
 
-@pytest.mark.parametrize(("method", "path"), [*WEBHOOKS, ("GET", "/healthz")])
+@pytest.mark.parametrize(
+    ("method", "path"), [*WEBHOOKS, *UNSUBSCRIBE, ("GET", "/healthz")]
+)
 def test_openapi_open_routes_no_security(method: str, path: str) -> None:
     operation = OPENAPI["paths"][path][method.lower()]
 

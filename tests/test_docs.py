@@ -19,3 +19,17 @@ def test_readme_campaign_example_validates() -> None:
         spec, problems = check_campaign(campaign, TemplateRenderer(ROOT / "templates"))
         assert problems == []
         assert spec is not None
+
+
+def test_every_setting_is_documented() -> None:
+    from nurture.config import Settings
+
+    docs = (ROOT / "README.md").read_text() + "".join(
+        path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))
+    )
+    missing = [
+        (field.alias or name).upper()
+        for name, field in Settings.model_fields.items()
+        if (field.alias or name).upper() not in docs
+    ]
+    assert missing == [], f"settings missing from README.md and docs/: {missing}"

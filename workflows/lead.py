@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.nurture import NurtureWorkflow
     from workflows.policies import (
+        DELIVER_HEARTBEAT,
         DELIVER_RETRY,
         DELIVER_SCHEDULE_TO_CLOSE,
         DELIVER_START_TO_CLOSE,
@@ -158,15 +159,22 @@ class LeadWorkflow:
             await self._forward(batch or [], stage)
 
     async def _sync_to_crm(self, snapshot: ScoreSnapshot, previous_stage: str) -> None:
-        await workflow.execute_activity_method(
-            LeadActivities.sync_lead_to_crm,
-            CrmSyncInput(
-                lead_id=self._state.lead_id,
-                reason=f"stage changed from {previous_stage} to {snapshot.stage}",
-            ),
-            start_to_close_timeout=CRM_TIMEOUT,
-            retry_policy=CRM_RETRY,
-        )
+        try:
+            await workflow.execute_activity_method(
+                LeadActivities.sync_lead_to_crm,
+                CrmSyncInput(
+                    lead_id=self._state.lead_id,
+                    reason=f"stage changed from {previous_stage} to {snapshot.stage}",
+                ),
+                start_to_close_timeout=CRM_TIMEOUT,
+                retry_policy=CRM_RETRY,
+            )
+        except ActivityError as error:
+            # The CRM refused the lead for good (a property it lacks, a value
+            # it rejects): the lead's journey goes on, and the log says why.
+            workflow.logger.warning(
+                "CRM sync of lead %s failed: %s", self._state.lead_id, error
+            )
 
     async def _hand_off_to_sales(self) -> None:
         """Create the sales task for a lead that just became marketing-qualified.
@@ -200,6 +208,7 @@ class LeadWorkflow:
                 DeliverMessageInput(message_id=message_id),
                 task_queue=f"{workflow.info().task_queue}-send",
                 start_to_close_timeout=DELIVER_START_TO_CLOSE,
+                heartbeat_timeout=DELIVER_HEARTBEAT,
                 schedule_to_close_timeout=DELIVER_SCHEDULE_TO_CLOSE,
                 retry_policy=DELIVER_RETRY,
             )

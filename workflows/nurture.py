@@ -51,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.policies import (
         DATABASE_RETRY,
         DATABASE_TIMEOUT,
+        DELIVER_HEARTBEAT,
         DELIVER_RETRY,
         DELIVER_SCHEDULE_TO_CLOSE,
         DELIVER_START_TO_CLOSE,
@@ -70,7 +71,7 @@ PAUSE_RECHECK = timedelta(hours=6)
 MAX_DEFERRALS = 50
 
 Successor = str | None
-EnrollmentStatus = Literal["completed", "converted", "archived"]
+EnrollmentStatus = Literal["completed", "converted", "archived", "failed"]
 
 
 class Stop(Exception):
@@ -94,6 +95,8 @@ class NurtureWorkflow(LegacySequence):
         self._paused = False
         self._archived = False
         self._migration: MigrateSignal | None = None
+        # A send failed for good in a step whose onFailure is "exit".
+        self._failed = False
 
     @workflow.run
     async def run(self, input: NurtureInput) -> NurtureState:
@@ -108,6 +111,8 @@ class NurtureWorkflow(LegacySequence):
             status = "converted"
         elif self._archived:
             status = "archived"
+        elif self._failed:
+            status = "failed"
         self._state.status = status
         self._state.next_step = None
         self._state.next_step_due_at = None
@@ -383,6 +388,9 @@ class NurtureWorkflow(LegacySequence):
             outcome = await self._prepare_and_deliver(
                 input, step, current, index, message_id
             )
+            if outcome == "failed" and step.on_failure == "exit":
+                self._failed = True
+                raise Stop
             if outcome != "deferred":
                 return message_id if outcome == "sent" else None
         self._record(current, "failed", message_id, "deferred too many times")
@@ -474,11 +482,12 @@ class NurtureWorkflow(LegacySequence):
             if prepared.skipped_reason is not None:
                 self._record(current, "skipped", message_id, prepared.skipped_reason)
                 return "skipped"
-            await workflow.execute_activity_method(
+            delivered = await workflow.execute_activity_method(
                 DeliveryActivities.deliver_message,
                 DeliverMessageInput(message_id=message_id),
-                task_queue=f"{workflow.info().task_queue}-send",
+                task_queue=_send_queue(step.channel),
                 start_to_close_timeout=DELIVER_START_TO_CLOSE,
+                heartbeat_timeout=DELIVER_HEARTBEAT,
                 schedule_to_close_timeout=DELIVER_SCHEDULE_TO_CLOSE,
                 retry_policy=DELIVER_RETRY,
             )
@@ -495,7 +504,18 @@ class NurtureWorkflow(LegacySequence):
             )
             self._record(current, "failed", message_id, detail)
             return "failed"
-        self._record(current, "sent", message_id, None)
+        if delivered.status == "suppressed":
+            # Consent or a suppression changed while the message waited.
+            self._record(current, "skipped", message_id, delivered.reason)
+            return "skipped"
+        self._record(
+            current,
+            "sent",
+            message_id,
+            "the provider could not confirm it took the message"
+            if delivered.status == "unconfirmed"
+            else None,
+        )
         return "sent"
 
     def _current_variant(self) -> str | None:
@@ -514,6 +534,12 @@ class NurtureWorkflow(LegacySequence):
                 detail=detail,
             )
         )
+
+
+def _send_queue(channel: str) -> str:
+    """Email and SMS have a queue each, rate limited for their provider."""
+    queue = workflow.info().task_queue
+    return f"{queue}-send-{channel}" if channel in ("email", "sms") else f"{queue}-send"
 
 
 def _stage_reached(stage: str | None, goal: str) -> bool:

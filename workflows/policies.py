@@ -12,6 +12,9 @@ PREPARE_RETRY = RetryPolicy(
 )
 # A provider outage of hours delays a send; only a day without success fails it.
 DELIVER_START_TO_CLOSE = timedelta(seconds=60)
+# The send activity heartbeats while the provider call runs, so a worker that
+# dies mid-call is noticed in seconds rather than after the whole minute.
+DELIVER_HEARTBEAT = timedelta(seconds=10)
 DELIVER_SCHEDULE_TO_CLOSE = timedelta(days=1)
 DELIVER_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=5),

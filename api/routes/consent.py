@@ -1,0 +1,167 @@
+"""The consent ledger and the suppression list, read and written by people."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Response
+from sqlmodel import col, select
+
+from api.deps import ActorDep, SessionDep, SettingsDep
+from api.errors import ApiError, error_responses
+from api.routes.leads import get_lead_or_404
+from nurture.consent import (
+    Channel,
+    ConsentChange,
+    ConsentView,
+    consent_view,
+    record_consent,
+)
+from nurture.models import AuditEntry, Suppression
+from nurture.schemas import CamelModel
+
+router = APIRouter(prefix="/api/v1", tags=["consent"])
+ERRORS = error_responses(401, 404, 422)
+
+
+@router.get("/leads/{lead_id}/consent", response_model=ConsentView, responses=ERRORS)
+def read_consent(
+    lead_id: str, session: SessionDep, settings: SettingsDep, _actor: ActorDep
+) -> ConsentView:
+    """Show the lead's consent per channel, whether a message may go now, and why.
+
+    `records` is the whole ledger: every opt-in and opt-out with its source
+    and proof, oldest first.
+    """
+    lead = get_lead_or_404(session, lead_id)
+    return consent_view(session, lead, settings.consent_policy)
+
+
+@router.post(
+    "/leads/{lead_id}/consent",
+    status_code=201,
+    response_model=ConsentView,
+    responses=ERRORS,
+)
+def change_consent(
+    lead_id: str,
+    body: ConsentChange,
+    session: SessionDep,
+    settings: SettingsDep,
+    actor: ActorDep,
+) -> ConsentView:
+    """Record an opt-in or an opt-out, e.g. one given on a call or at an event.
+
+    The change applies to the next message of every campaign; a newer change
+    already on record keeps precedence over one with an older `occurredAt`.
+    """
+    lead = get_lead_or_404(session, lead_id)
+    record = record_consent(
+        session,
+        lead,
+        body.channel,
+        body.status,
+        source=body.source,
+        actor=actor,
+        proof=body.proof,
+        occurred_at=body.occurred_at,
+    )
+    session.add(
+        AuditEntry(
+            actor=actor,
+            action="lead.consent_recorded",
+            entity_type="lead",
+            entity_id=lead.id,
+            detail={
+                "channel": body.channel,
+                "status": body.status,
+                "source": body.source,
+                "recordId": record.id,
+            },
+        )
+    )
+    session.commit()
+    return consent_view(session, lead, settings.consent_policy)
+
+
+class SuppressionOut(CamelModel):
+    id: int
+    channel: str
+    address: str
+    reason: str
+    source: str
+    detail: dict[str, object]
+    created_at: str
+
+
+class SuppressionPage(CamelModel):
+    items: list[SuppressionOut]
+    total: int
+
+
+@router.get("/suppressions", response_model=SuppressionPage, responses=ERRORS)
+def list_suppressions(
+    session: SessionDep,
+    _actor: ActorDep,
+    channel: Channel | None = None,
+    address: Annotated[
+        str | None, Query(description="An exact address or E.164 number.")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> SuppressionPage:
+    """List suppressed addresses and numbers, newest first."""
+    query = select(Suppression)
+    if channel is not None:
+        query = query.where(Suppression.channel == channel)
+    if address is not None:
+        normalized = address.strip().lower() if channel != "sms" else address.strip()
+        query = query.where(col(Suppression.address).in_({normalized, address.strip()}))
+    rows = session.exec(
+        query.order_by(col(Suppression.created_at).desc(), col(Suppression.id).desc())
+    ).all()
+    page = rows[offset : offset + limit]
+    return SuppressionPage(
+        items=[
+            SuppressionOut(
+                id=row.id or 0,
+                channel=row.channel,
+                address=row.address,
+                reason=row.reason,
+                source=row.source,
+                detail=row.detail,
+                created_at=row.created_at.isoformat(),
+            )
+            for row in page
+        ],
+        total=len(rows),
+    )
+
+
+@router.delete(
+    "/suppressions/{suppression_id}",
+    status_code=204,
+    responses=error_responses(401, 404),
+)
+def lift_suppression(
+    suppression_id: int, session: SessionDep, actor: ActorDep
+) -> Response:
+    """Lift a suppression, e.g. after a mailbox that bounced was fixed."""
+    row = session.get(Suppression, suppression_id)
+    if row is None:
+        raise ApiError(
+            404,
+            "not_found",
+            f"suppression {suppression_id} not found: list them with "
+            "GET /api/v1/suppressions",
+        )
+    session.add(
+        AuditEntry(
+            actor=actor,
+            action="suppression.lifted",
+            entity_type="suppression",
+            entity_id=str(suppression_id),
+            detail={"channel": row.channel, "reason": row.reason},
+        )
+    )
+    session.delete(row)
+    session.commit()
+    return Response(status_code=204)
