@@ -5,6 +5,7 @@
 the product runs without provider accounts.
 """
 
+import email.policy
 import email.utils
 import http.client
 import json
@@ -42,6 +43,7 @@ TWILIO_NUMBER_VERDICTS = {
     21211: "invalid_number",
     21614: "invalid_number",
 }
+_EML_POLICY = email.policy.default.clone(max_line_length=998)
 # Twilio lists the newest messages first; an interrupted send is among these.
 TWILIO_LOOKUP_PAGE = 50
 # Clocks differ: a message created this long before our attempt still counts.
@@ -413,7 +415,9 @@ class ConsoleEmailSender:
             mail.add_alternative(message.html, subtype="html")
         self.outbox.mkdir(parents=True, exist_ok=True)
         path = self.outbox / f"{message.message_id}.eml"
-        path.write_bytes(bytes(mail))
+        # Long header lines (List-Unsubscribe) stay whole up to RFC 5322's
+        # 998 characters; the default 78 would encode them unreadably.
+        path.write_bytes(mail.as_bytes(policy=_EML_POLICY))
         logger.info(
             "console email %s for lead %s written to %s",
             message.message_id,

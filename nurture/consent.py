@@ -24,7 +24,6 @@ from sqlmodel import Session, col, select
 
 from nurture.models import ConsentRecord, Lead, Suppression, utcnow
 from nurture.schemas import CamelModel, StrictCamelModel
-from nurture.wording import describe_age
 
 Channel = Literal["email", "sms"]
 ConsentStatus = Literal["opted_in", "opted_out"]
@@ -280,8 +279,8 @@ class ConsentPolicy:
         return "*" in countries or (country is not None and country in countries)
 
 
-def _since(at: datetime) -> str:
-    return f"{describe_age(utcnow() - at)} ago" if at <= utcnow() else "just now"
+def _on(at: datetime) -> str:
+    return f"on {at:%Y-%m-%d %H:%M} UTC"
 
 
 def send_refusal(
@@ -302,14 +301,14 @@ def send_refusal(
     consent = getattr(lead, f"{channel}_consent")
     if consent == "opted_out":
         latest = _latest(session, lead.id, channel)
-        source = f" by {latest.source} {_since(latest.occurred_at)}" if latest else ""
+        source = f" by {latest.source} {_on(latest.occurred_at)}" if latest else ""
         return f"lead opted out of {channel}{source}"
     suppressed = suppression_of(session, channel, address)
     if suppressed is not None:
         return (
             f"{'address' if channel == 'email' else 'number'} is suppressed: "
             f"{suppressed.reason.replace('_', ' ')} ({suppressed.source}, "
-            f"{_since(suppressed.created_at)})"
+            f"{_on(suppressed.created_at)})"
         )
     if channel == "email" and lead.status in ("unsubscribed", "bounced"):
         return f"lead's email is {lead.status}"

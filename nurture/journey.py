@@ -86,8 +86,13 @@ def recommend(
     enrollments: list[EnrollmentView],
     engagement: list[EngagementView],
     now: datetime,
+    marketing_blocked: str | None = None,
 ) -> NextAction:
-    """Pick the one thing a sales rep should do next with this lead."""
+    """Pick the one thing a sales rep should do next with this lead.
+
+    `marketing_blocked` says why no marketing email or SMS may reach the lead
+    (opted out, suppressed), or is None when one may.
+    """
     if status != "active":
         return NextAction(action="do_not_contact", reason=f"lead status is {status}")
     if stage in ("mql", "sql") or score >= mql_threshold:
@@ -127,6 +132,8 @@ def recommend(
             action="wait_for_campaign",
             reason=f"enrolled in {live[0].campaign_name} ({waiting})",
         )
+    if marketing_blocked is not None:
+        return NextAction(action="do_not_contact", reason=marketing_blocked)
     if any(event.type == "open" for event in recent):
         return NextAction(
             action="send_personal_email",

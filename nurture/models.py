@@ -351,7 +351,11 @@ class Suppression(SQLModel, table=True):
     """
 
     __tablename__ = "suppressions"
-    __table_args__ = (sa.UniqueConstraint("channel", "address"),)
+    # Ids are in DELETE URLs, so SQLite must not hand a lifted one out again.
+    __table_args__ = (
+        sa.UniqueConstraint("channel", "address"),
+        {"sqlite_autoincrement": True},
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     channel: str

@@ -1,12 +1,16 @@
 """Consent decides at send time: the ledger, capture consent, unsubscribe links."""
 
+import email
+import email.policy
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
 from sqlmodel import select
 
+from activities.providers import ConsoleEmailSender, Outgoing
 from nurture.config import Settings
 from nurture.consent import (
     ConsentPolicy,
@@ -17,6 +21,7 @@ from nurture.consent import (
     send_refusal,
 )
 from nurture.db import session_scope
+from nurture.journey import recommend
 from nurture.models import ConsentRecord, Lead, utcnow
 from nurture.temporal import nurture_workflow_id
 from nurture.unsubscribe import InvalidLink, UnsubscribeLinks, add_footer
@@ -199,6 +204,8 @@ async def test_unsubscribe_link_stops_the_next_email(stack: Stack) -> None:
     assert len(stack.sendgrid.accepted) == 1
     consent = (await stack.api.get(f"/api/v1/leads/{lead_id}/consent")).json()
     (record,) = consent["records"]
+    lead = await stack.api.get(f"/api/v1/leads/{lead_id}")
+    assert lead.json()["status"] == "unsubscribed"
     assert record["source"] == "unsubscribe_link"
     assert record["proof"]["method"] == "one-click"
     again = await stack.api.post(path, headers={"Authorization": ""})
@@ -279,3 +286,66 @@ async def test_suppressions_can_be_listed_and_lifted(stack: Stack) -> None:
     assert after.json()["channels"]["email"]["canSend"] is True
     gone = await stack.api.delete(f"/api/v1/suppressions/{item['id']}")
     assert gone.status_code == 404
+
+
+async def test_lifting_bounce_makes_address_sendable(stack: Stack) -> None:
+    created = await stack.api.post("/api/v1/leads", json=example("lead.json"))
+    lead_id = created.json()["id"]
+    bounce = {
+        "email": "john.smith@company.com",
+        "event": "bounce",
+        "sg_event_id": "bounce-lift-1",
+        "timestamp": 1717000000,
+        "reason": "550 5.1.1 mailbox unavailable",
+    }
+    posted = await stack.api.post("/api/v1/webhooks/sendgrid", json=[bounce])
+    assert posted.status_code == 200, posted.text
+    before = (await stack.api.get(f"/api/v1/leads/{lead_id}/consent")).json()
+    assert before["channels"]["email"]["canSend"] is False
+
+    (item,) = (await stack.api.get("/api/v1/suppressions")).json()["items"]
+    lifted = await stack.api.delete(f"/api/v1/suppressions/{item['id']}")
+
+    assert lifted.status_code == 204
+    after = (await stack.api.get(f"/api/v1/leads/{lead_id}/consent")).json()
+    assert after["channels"]["email"]["canSend"] is True
+    lead = await stack.api.get(f"/api/v1/leads/{lead_id}")
+    assert lead.json()["status"] == "active"
+
+
+def test_opted_out_lead_is_not_offered_a_campaign() -> None:
+    action = recommend(
+        status="active",
+        stage="new",
+        score=10,
+        mql_threshold=70,
+        enrollments=[],
+        engagement=[],
+        now=utcnow(),
+        marketing_blocked="lead opted out of email by api",
+    )
+
+    assert action.action == "do_not_contact"
+    assert action.reason == "lead opted out of email by api"
+
+
+def test_console_email_keeps_list_unsubscribe_whole(tmp_path: Path) -> None:
+    headers = LINKS.headers("lead-1", "msg-1")
+    outgoing = Outgoing(
+        message_id="msg-1",
+        lead_id="lead-1",
+        campaign_id=None,
+        template="welcome_email",
+        to="ada@example.com",
+        subject="Hi",
+        text="Hello",
+        html=None,
+        headers=headers,
+    )
+
+    ConsoleEmailSender(tmp_path, "from@example.com").send(outgoing)
+
+    raw = (tmp_path / "msg-1.eml").read_bytes()
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    assert parsed["List-Unsubscribe"] == headers["List-Unsubscribe"]
+    assert b"=?utf-8?" not in raw

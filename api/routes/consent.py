@@ -13,6 +13,7 @@ from nurture.consent import (
     ConsentChange,
     ConsentView,
     consent_view,
+    leads_with_address,
     record_consent,
 )
 from nurture.models import AuditEntry, Suppression
@@ -162,6 +163,12 @@ def lift_suppression(
             detail={"channel": row.channel, "reason": row.reason},
         )
     )
+    if row.channel == "email" and row.reason == "bounce":
+        # Leads marked bounced by that address may get email again.
+        for lead in leads_with_address(session, "email", row.address):
+            if lead.status == "bounced":
+                lead.status = "active"
+                session.add(lead)
     session.delete(row)
     session.commit()
     return Response(status_code=204)

@@ -13,6 +13,7 @@ from api.deps import ActorDep, EngineDep, SessionDep, SettingsDep, TemporalDep
 from api.errors import error_responses
 from api.routes.leads import get_lead_or_404
 from api.workflow_calls import query_enrollment, query_lead
+from nurture.consent import CHANNELS, ConsentPolicy, send_refusal
 from nurture.db import session_scope
 from nurture.journey import (
     EngagementView,
@@ -76,9 +77,13 @@ class _Stored:
     message_statuses: dict[str, str]
     tasks: list[Message]
     mql_threshold: int
+    # Why neither email nor SMS may reach the lead, when neither may.
+    marketing_blocked: str | None = None
 
 
-def _load(engine: sa.Engine, lead_id: str, default_threshold: int) -> _Stored:
+def _load(
+    engine: sa.Engine, lead_id: str, default_threshold: int, policy: ConsentPolicy
+) -> _Stored:
     with session_scope(engine) as session:
         lead = get_lead_or_404(session, lead_id)
         enrollments = session.exec(
@@ -94,7 +99,11 @@ def _load(engine: sa.Engine, lead_id: str, default_threshold: int) -> _Stored:
             .limit(RECENT_EVENTS)
         ).all()
         threshold = load_context(session, default_threshold).criteria.mql_threshold
+        refusals = [send_refusal(session, lead, c, policy) for c in CHANNELS]
         return _Stored(
+            marketing_blocked=" and ".join(r for r in refusals if r is not None)
+            if all(refusals)
+            else None,
             lead=lead,
             enrollments=[(e, name) for e, name in enrollments],
             events=list(events),
@@ -119,7 +128,9 @@ async def read_journey(
     temporal: TemporalDep,
 ) -> JourneyView:
     """Read the lead's live stage, score, enrollments and next action."""
-    stored = await run_in_threadpool(_load, engine, lead_id, settings.mql_threshold)
+    stored = await run_in_threadpool(
+        _load, engine, lead_id, settings.mql_threshold, settings.consent_policy
+    )
     lead, enrollments, events = stored.lead, stored.enrollments, stored.events
     state = await query_lead(temporal, lead_id)
     live_states = await asyncio.gather(
@@ -210,5 +221,6 @@ async def read_journey(
             enrollments=views,
             engagement=engagement,
             now=utcnow(),
+            marketing_blocked=stored.marketing_blocked,
         ),
     )

@@ -85,6 +85,10 @@ def _unsubscribe(
                     "method": "one-click" if one_click else "page",
                 },
             )
+            if lead.status == "active":
+                # As SendGrid's unsubscribe event does, so lists filter alike.
+                lead.status = "unsubscribed"
+                session.add(lead)
             session.add(
                 EngagementEvent(
                     lead_id=lead.id,

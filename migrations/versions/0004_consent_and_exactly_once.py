@@ -64,6 +64,7 @@ def upgrade() -> None:
         sa.Column("detail", sa.JSON(), nullable=False),
         sa.Column("created_at", UTC_DATETIME(), nullable=False),
         sa.UniqueConstraint("channel", "address"),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "enrichment_cache",
