@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from nurture.consent import ConsentCapture
 from nurture.leads import MAX_TEXT, CompanyIn, ContactIn, SourceIn
 from nurture.outcomes import OutcomeIn
 from nurture.schemas import StrictCamelModel, json_path
@@ -72,6 +73,10 @@ _FIELD_TARGETS: dict[str, tuple[str, ...]] = {
     "outcomeValue": ("outcome", "value"),
     "outcomeCurrency": ("outcome", "currency"),
     "outcomeAt": ("outcome", "occurredAt"),
+    "consent.email": ("consent", "email"),
+    "consent.sms": ("consent", "sms"),
+    "consent.text": ("consent", "text"),
+    "consent.at": ("consent", "at"),
 }
 _IDENTIFIER_TARGETS = ("contact.email", "contact.phone", "externalId")
 _OUTCOME_DETAIL_TARGETS = ("outcomeValue", "outcomeCurrency", "outcomeAt")
@@ -206,6 +211,7 @@ class ImportedLead(StrictCamelModel):
     custom_fields: dict[str, Any] = Field(default_factory=dict)
     activity: dict[str, float] = Field(default_factory=dict)
     outcome: OutcomeIn | None = None
+    consent: ConsentCapture | None = None
 
     _strip_external_id = field_validator("external_id", mode="before")(_strip)
 
@@ -323,6 +329,23 @@ def _split_list(value: str) -> list[str]:
     return [item.strip() for item in re.split(r"[;|]", value) if item.strip()]
 
 
+_YES = frozenset({"yes", "y", "true", "1", "opted_in", "opt-in", "subscribed"})
+_NO = frozenset({"no", "n", "false", "0", "opted_out", "opt-out", "unsubscribed"})
+
+
+def _parse_consent(value: str) -> bool:
+    """Read a consent cell: yes/true/1/opted_in, or no/false/0/opted_out."""
+    word = value.strip().lower()
+    if word in _YES:
+        return True
+    if word in _NO:
+        return False
+    raise ValueError(
+        f"invalid consent {value!r}: write yes or no (also true/false, 1/0, "
+        "opted_in/opted_out), or leave the cell empty when it is unknown"
+    )
+
+
 def _parse_timestamp(value: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value)
@@ -347,6 +370,9 @@ def _parser_for(target: str, mapping: ImportMapping) -> Callable[[str], Any] | N
         "outcomeValue": _check_amount,
         "outcomeCurrency": str.upper,
         "outcomeAt": _parse_timestamp,
+        "consent.email": _parse_consent,
+        "consent.sms": _parse_consent,
+        "consent.at": _parse_timestamp,
     }
     return parsers.get(target)
 

@@ -28,6 +28,7 @@ from nurture.unsubscribe import InvalidLink, UnsubscribeLinks, add_footer
 from tests.conftest import Stack, example
 from tests.test_delivery import finished_enrollment, messages_of
 from tests.test_exactly_once import TWO_EMAILS
+from tests.test_scoring_api import run_import
 from workflows.nurture import NurtureWorkflow
 
 LINKS = UnsubscribeLinks(b"k" * 32, "https://leads.example.com")
@@ -349,3 +350,27 @@ def test_console_email_keeps_list_unsubscribe_whole(tmp_path: Path) -> None:
     parsed = email.message_from_bytes(raw, policy=email.policy.default)
     assert parsed["List-Unsubscribe"] == headers["List-Unsubscribe"]
     assert b"=?utf-8?" not in raw
+
+
+async def test_imported_consent_is_recorded(stack: Stack) -> None:
+    content = b"Email,Country,Mail OK\ngrete@firma.de,DE,yes\nhans@firma.de,DE,\n"
+    mapping = {
+        "columns": {
+            "Email": "contact.email",
+            "Country": "company.country",
+            "Mail OK": "consent.email",
+        }
+    }
+
+    report = await run_import(stack, content, mapping)
+
+    assert report["accepted"] == 2
+    leads = (await stack.api.get("/api/v1/leads")).json()["items"]
+    by_email = {lead["contact"]["email"]: lead for lead in leads}
+    assert by_email["grete@firma.de"]["consent"]["email"] == "opted_in"
+    assert by_email["hans@firma.de"]["consent"]["email"] == "unknown"
+    grete = by_email["grete@firma.de"]["id"]
+    consent = (await stack.api.get(f"/api/v1/leads/{grete}/consent")).json()
+    (record,) = consent["records"]
+    assert record["source"] == f"import:{report['id']}"
+    assert consent["channels"]["email"]["canSend"] is True

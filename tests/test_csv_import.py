@@ -868,3 +868,29 @@ def test_streaming_memory_stays_flat(tmp_path: Path) -> None:
 
     assert count == rows
     assert peak - baseline < limit
+
+
+def test_consent_columns_become_capture_consent() -> None:
+    (lead,) = accepted(
+        "Email,Mail OK,SMS OK,Wording\nada@example.com,yes,opted_out,Ja bitte\n",
+        columns={
+            "Email": "contact.email",
+            "Mail OK": "consent.email",
+            "SMS OK": "consent.sms",
+            "Wording": "consent.text",
+        },
+    )
+
+    assert lead.consent is not None
+    assert lead.consent.email is True
+    assert lead.consent.sms is False
+    assert lead.consent.text == "Ja bitte"
+
+
+def test_consent_cell_that_is_not_yes_or_no_rejects_row() -> None:
+    row = rejection(
+        "Email,Mail OK\nada@example.com,maybe\n",
+        columns={"Email": "contact.email", "Mail OK": "consent.email"},
+    )
+
+    assert "invalid consent 'maybe'" in str(row.errors)

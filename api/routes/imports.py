@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api.deps import ActorDep, EngineDep, SessionDep, SettingsDep
 from api.errors import ApiError, FieldError, error_responses, from_pydantic
+from nurture.consent import record_capture_consent
 from nurture.csv_import import (
     AcceptedRow,
     ImportMapping,
@@ -232,6 +233,10 @@ def _store_batch(
             if data.outcome is not None:
                 record_outcome(session, lead, data.outcome, f"import:{job_id}", actor)
                 counts.outcomes += 1
+            if data.consent is not None:
+                record_capture_consent(
+                    session, lead, data.consent, actor, source=f"import:{job_id}"
+                )
             # The reconciler starts (or signals) the workflow of each lead left
             # unsynced. Leads with an outcome are history: nothing to nurture.
             wants_workflow = (
