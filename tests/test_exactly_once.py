@@ -330,3 +330,44 @@ async def test_many_sends_under_rate_limit_arrive_once_each(
     assert len(stack.sendgrid.accepted) == len(leads)
     ids = [m["custom_args"]["message_id"] for m in stack.sendgrid.accepted.values()]
     assert len(set(ids)) == len(ids)
+
+
+async def test_provider_outage_delays_and_sends_once(stack: Stack) -> None:
+    stack.sendgrid.script(
+        *(
+            Answer(
+                status, {"errors": [{"message": "unavailable"}]}, {"Retry-After": "1"}
+            )
+            for status in (500, 502, 503)
+        )
+    )
+    await create_campaign(stack)
+    lead_id = await capture(stack, "ada@example.com")
+
+    (message,) = await stack.eventually(
+        lambda: [m for m in messages_of(stack, lead_id) if m.status == "sent"],
+        timeout=40,
+        message="welcome email sent after the outage",
+    )
+
+    assert len(stack.sendgrid.mails()) == 4
+    assert len(stack.sendgrid.accepted) == 1
+    assert message.attempts == 4
+    assert message.error is None
+
+
+async def test_opt_out_after_prepare_stops_delivery(stack: Stack) -> None:
+    lead_id = await capture(stack, "ada@example.com")
+    message_id = store_message(stack, lead_id, "email", "queued")
+    change = await stack.api.post(
+        f"/api/v1/leads/{lead_id}/consent",
+        json={"channel": "email", "status": "opted_out", "source": "call"},
+    )
+    assert change.status_code == 201, change.text
+
+    result = run(delivery(stack), message_id)
+
+    assert result.status == "suppressed"
+    assert "opted out of email by call" in (result.reason or "")
+    assert stack.sendgrid.mails() == []
+    assert stored(stack, message_id).status == "suppressed"
