@@ -27,6 +27,7 @@ from nurture.temporal import nurture_workflow_id
 from nurture.unsubscribe import InvalidLink, UnsubscribeLinks, add_footer
 from tests.conftest import Stack, example
 from tests.test_delivery import finished_enrollment, messages_of
+from tests.test_end_to_end import record_history
 from tests.test_exactly_once import TWO_EMAILS
 from tests.test_scoring_api import run_import
 from workflows.nurture import NurtureWorkflow
@@ -159,6 +160,10 @@ async def test_opt_out_while_waiting_stops_the_next_email(stack: Stack) -> None:
     assert change.status_code == 201, change.text
     assert change.json()["channels"]["email"]["canSend"] is False
     result = await finished_enrollment(stack, campaign_id, lead_id)
+    await record_history(
+        stack.client.get_workflow_handle(nurture_workflow_id(campaign_id, lead_id)),
+        "nurture-opted-out-while-waiting",
+    )
 
     assert [s.status for s in result.steps] == ["sent", "skipped"]
     assert "opted out of email by call" in (result.steps[1].detail or "")

@@ -21,10 +21,11 @@ from nurture.contracts import DeliverMessageInput
 from nurture.crm import crm_task_sender_for
 from nurture.db import session_scope
 from nurture.models import Lead, Message, Suppression, utcnow
+from nurture.temporal import nurture_workflow_id
 from tests.conftest import Stack, example
 from tests.fakes import Answer
 from tests.test_delivery import finished_enrollment, messages_of
-from tests.test_end_to_end import create_campaign
+from tests.test_end_to_end import create_campaign, record_history
 
 TWO_EMAILS = {
     "name": "Two emails",
@@ -282,6 +283,12 @@ async def test_on_failure_exit_ends_the_enrollment(stack: Stack) -> None:
     lead_id = await capture(stack, "broken@example.com")
 
     result = await finished_enrollment(stack, response.json()["id"], lead_id)
+    await record_history(
+        stack.client.get_workflow_handle(
+            nurture_workflow_id(response.json()["id"], lead_id)
+        ),
+        "nurture-send-failed-exit",
+    )
 
     assert result.status == "failed"
     assert [s.status for s in result.steps] == ["failed"]

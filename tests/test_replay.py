@@ -6,9 +6,12 @@ already in flight, replaying these fails; guard such a change with
 `workflow.patched()` instead.
 
 Recording: `NURTURE_RECORD_HISTORIES=1 make test PYTEST_ARGS=tests/test_end_to_end.py`
-writes the histories of the end-to-end test's workflows here. Files named
-`v1-*` come from the first release, which ran campaigns as a plain list of
-sends; the others come from the journey interpreter.
+writes the histories of the end-to-end test's workflows here (and of the
+tests that call `record_history`). Files named `v1-*` come from the first
+release, which ran campaigns as a plain list of sends. The others come from
+the journey interpreter; `nurture-send-failed-exit` and
+`nurture-opted-out-while-waiting` from the release with a send queue per
+channel and consent checked at delivery.
 """
 
 import json
