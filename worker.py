@@ -18,9 +18,19 @@ import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
+from wsgiref.simple_server import WSGIServer
 
 import sqlalchemy as sa
+from prometheus_client import start_http_server
 from temporalio.client import Client
+from temporalio.runtime import (
+    LogForwardingConfig,
+    LoggingConfig,
+    PrometheusConfig,
+    Runtime,
+    TelemetryConfig,
+    TelemetryFilter,
+)
 from temporalio.worker import Worker
 
 from activities.delivery import DeliveryActivities
@@ -177,7 +187,62 @@ def build_workers(
 QUEUES = ("main", "send", "score")
 
 
+def split_address(address: str, setting: str) -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 hosts in brackets) into host and port."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(
+            f"invalid {setting} {address!r}: write HOST:PORT, e.g. 127.0.0.1:9464"
+        )
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def telemetry_runtime(metrics_address: str) -> Runtime:
+    """Build the Temporal SDK runtime of a worker process.
+
+    The SDK core's own log lines go through Python logging, so LOG_FORMAT and
+    the masking filter apply to them too. With a metrics address, the SDK
+    serves its worker metrics (temporal_*) at http://ADDRESS/metrics.
+    """
+    metrics = None
+    if metrics_address:
+        split_address(metrics_address, "WORKER_METRICS_ADDRESS")
+        metrics = PrometheusConfig(bind_address=metrics_address)
+    return Runtime(
+        telemetry=TelemetryConfig(
+            logging=LoggingConfig(
+                filter=TelemetryFilter(core_level="WARN", other_level="ERROR"),
+                forwarding=LogForwardingConfig(
+                    logger=logging.getLogger("temporalio.core")
+                ),
+            ),
+            metrics=metrics,
+        )
+    )
+
+
+def start_app_metrics_server(address: str) -> WSGIServer:
+    """Serve this process's prometheus_client registry (nurture_*) at /metrics.
+
+    The SDK's endpoint cannot include these counters, because the SDK
+    exports from its own registry in the Rust core.
+    """
+    host, port = split_address(address, "WORKER_APP_METRICS_ADDRESS")
+    server, _ = start_http_server(port, addr=host)
+    return server
+
+
 async def run(settings: Settings, queues: tuple[str, ...] = QUEUES) -> None:
+    # Before the first client: clients and workers use the default runtime.
+    Runtime.set_default(telemetry_runtime(settings.worker_metrics_address))
+    metrics_server = None
+    if settings.worker_app_metrics_address:
+        metrics_server = start_app_metrics_server(settings.worker_app_metrics_address)
+    logger.info(
+        "worker metrics: Temporal SDK at %s, nurture at %s",
+        settings.worker_metrics_address or "(off)",
+        settings.worker_app_metrics_address or "(off)",
+    )
     migrate(settings.database_url)
     engine = create_db_engine(settings.database_url)
     client = await connect(settings)
@@ -200,6 +265,8 @@ async def run(settings: Settings, queues: tuple[str, ...] = QUEUES) -> None:
             await stop.wait()
             logger.info("worker stopping: finishing activities in progress")
     engine.dispose()
+    if metrics_server is not None:
+        metrics_server.shutdown()
 
 
 def main() -> None:

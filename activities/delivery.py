@@ -47,6 +47,7 @@ from nurture.consent import (
 )
 from nurture.contracts import DeliverMessageInput, DeliveryResult
 from nurture.db import session_scope
+from nurture.metrics import count_message
 from nurture.models import Lead, Message, utcnow
 from nurture.unsubscribe import UnsubscribeLinks
 
@@ -227,6 +228,7 @@ class DeliveryActivities:
             assert stored is not None
             if stored.status in ("queued", "sending", "unconfirmed"):
                 stored.status = "sent"
+                count_message(stored.channel, "sent")
             stored.provider_message_id = provider_id
             stored.sent_at = stored.sent_at or utcnow()
             stored.updated_at = utcnow()
@@ -252,6 +254,7 @@ class DeliveryActivities:
             stored = session.get(Message, message_id)
             assert stored is not None
             stored.status = status
+            count_message(stored.channel, status)
             stored.error = error
             stored.updated_at = utcnow()
             session.add(stored)
@@ -265,6 +268,7 @@ class DeliveryActivities:
             stored.updated_at = utcnow()
             if error.permanent:
                 stored.status = "failed"
+                count_message(stored.channel, "failed")
                 _apply_verdict(session, stored, error)
             elif not error.maybe_accepted:
                 # The provider answered, or was never reached: it does not

@@ -3,22 +3,28 @@
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
+from fastapi.routing import APIRoute
+from starlette.concurrency import run_in_threadpool
+from starlette.routing import BaseRoute
 from temporalio.client import Client
 
-from api.deps import TemporalGateway, check_api_key
+from api.deps import RoleCheck, TemporalGateway, resolve_principal
 from api.errors import ApiError, error_response, install_error_handlers
 from api.routes import (
+    audit,
     campaigns,
+    codec,
     consent,
     events,
     health,
     imports,
     journey,
+    keys,
     leads,
     lifecycle,
     outcomes,
@@ -29,7 +35,8 @@ from api.routes import (
 from api.workflow_calls import reconcile_forever
 from nurture.config import Settings, get_settings
 from nurture.db import create_db_engine, migrate
-from nurture.logs import configure_logging
+from nurture.logs import RequestIdMiddleware, configure_logging
+from nurture.metrics import HttpMetricsMiddleware
 from nurture.rendering import TemplateRenderer
 from nurture.unsubscribe import UNSUBSCRIBE_PATH
 from nurture.webhook_signatures import sendgrid_verifier
@@ -38,9 +45,9 @@ logger = logging.getLogger(__name__)
 
 PROTECTED_PREFIX = "/api/v1/"
 WEBHOOK_PREFIX = "/api/v1/webhooks/"
-# Routes whose callers cannot hold our API key: providers, and readers of
-# unsubscribe links. Each checks a signature of its own.
-PUBLIC_PREFIXES = (WEBHOOK_PREFIX, f"{UNSUBSCRIBE_PATH}/")
+# Routes whose callers cannot hold our API key: providers, readers of
+# unsubscribe links and the Temporal Web UI. Each checks a secret of its own.
+PUBLIC_PREFIXES = (WEBHOOK_PREFIX, f"{UNSUBSCRIBE_PATH}/", f"{codec.UI_CODEC_PATH}/")
 
 
 def create_app(
@@ -106,11 +113,21 @@ def create_app(
         path = request.url.path
         if path.startswith(PROTECTED_PREFIX) and not path.startswith(PUBLIC_PREFIXES):
             try:
-                check_api_key(request.headers.get("authorization"), settings.api_key)
+                request.state.principal = await run_in_threadpool(
+                    resolve_principal,
+                    request.headers.get("authorization"),
+                    settings,
+                    app.state.engine,
+                )
             except ApiError as error:
                 return error_response(error)
         return await call_next(request)
 
+    # Outside the key check, so 401s are counted and logged with a request id.
+    app.add_middleware(HttpMetricsMiddleware)
+    app.add_middleware(RequestIdMiddleware)
+    # Added last, so it runs first: CORS preflights carry no API key.
+    app.add_middleware(codec.CodecCorsMiddleware, origins=codec.ui_origins(settings))
     for module in (
         health,
         imports,
@@ -124,9 +141,39 @@ def create_app(
         webhooks,
         consent,
         unsubscribe,
+        codec,
+        keys,
+        audit,
     ):
+        _document_roles(module.router.routes)
         app.include_router(module.router)
     return app
+
+
+def route_roles(route: APIRoute) -> tuple[str, ...] | None:
+    """Return the roles a route admits, or None when it takes no API key."""
+    for dependency in route.dependant.dependencies:
+        if isinstance(dependency.call, RoleCheck):
+            return dependency.call.roles
+    return None
+
+
+def _document_roles(routes: Sequence[BaseRoute]) -> None:
+    """Put each route's roles into its OpenAPI description, as `x-roles` too."""
+    for route in routes:
+        if not isinstance(route, APIRoute):
+            continue
+        roles = route_roles(route)
+        if roles is None:
+            continue
+        if "x-roles" in (route.openapi_extra or {}):
+            continue
+        route.openapi_extra = {**(route.openapi_extra or {}), "x-roles": list(roles)}
+        route.description = (
+            f"{route.description}\n\nRoles: {', '.join(roles)}."
+            if route.description
+            else f"Roles: {', '.join(roles)}."
+        )
 
 
 def main() -> None:

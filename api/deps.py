@@ -14,6 +14,7 @@ from temporalio.service import RPCError
 
 from api.errors import ApiError
 from nurture.config import Settings
+from nurture.keys import Principal, Role, authenticate
 from nurture.temporal import connect
 
 
@@ -78,8 +79,7 @@ async def get_temporal(
 _bearer = HTTPBearer(auto_error=False, description="The API key: NURTURE_API_KEY.")
 
 
-def check_api_key(authorization: str | None, expected: str) -> None:
-    """Raise 401 unless the Authorization header carries the expected Bearer key."""
+def _bearer_key(authorization: str | None) -> str:
     scheme, _, key = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
         raise ApiError(
@@ -88,28 +88,91 @@ def check_api_key(authorization: str | None, expected: str) -> None:
             "missing API key: send the header 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    if not expected or not hmac.compare_digest(key.strip().encode(), expected.encode()):
-        raise ApiError(
-            401,
-            "unauthorized",
-            "invalid API key: use the key set in NURTURE_API_KEY",
-            headers={"WWW-Authenticate": "Bearer"},
+    return key.strip()
+
+
+def _invalid_key() -> ApiError:
+    return ApiError(
+        401,
+        "unauthorized",
+        "invalid API key: use NURTURE_API_KEY or a key made with "
+        "`nurture keys create`; a key may also have expired or been revoked",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def check_api_key(authorization: str | None, expected: str) -> None:
+    """Raise 401 unless the Authorization header carries the expected Bearer key."""
+    key = _bearer_key(authorization)
+    if not expected or not hmac.compare_digest(key.encode(), expected.encode()):
+        raise _invalid_key()
+
+
+def resolve_principal(
+    authorization: str | None, settings: Settings, engine: sa.Engine
+) -> Principal:
+    """Return the principal of this Authorization header, or raise 401.
+
+    NURTURE_API_KEY is the installation's own admin key; every other key is
+    looked up by its hash among the keys made with `nurture keys create`.
+    """
+    key = _bearer_key(authorization)
+    expected = settings.api_key
+    if expected and hmac.compare_digest(key.encode(), expected.encode()):
+        return Principal(actor="api-key", role="admin")
+    with Session(engine) as session:
+        principal = authenticate(session, key)
+    if principal is None:
+        raise _invalid_key()
+    return principal
+
+
+def principal_of(request: Request) -> Principal:
+    """Return the principal the API's middleware found for this request."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is None:
+        principal = resolve_principal(
+            request.headers.get("authorization"),
+            request.app.state.settings,
+            request.app.state.engine,
         )
+        request.state.principal = principal
+    return principal
+
+
+class RoleCheck:
+    """A route dependency that admits the given roles and returns the actor name.
+
+    Routes declare their roles with it; `api.app` copies them into the API's
+    OpenAPI description, and the tests walk every route with every role.
+    """
+
+    def __init__(self, *roles: Role) -> None:
+        self.roles = roles
+
+    def __call__(
+        self,
+        request: Request,
+        _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> str:
+        principal = principal_of(request)
+        if principal.role not in self.roles:
+            raise ApiError(
+                403,
+                "forbidden",
+                f"a {principal.role} key may not {request.method} "
+                f"{request.url.path}: it needs one of the roles "
+                f"{', '.join(self.roles)}. Ask an admin for such a key.",
+            )
+        return principal.actor
 
 
 def require_api_key(
     request: Request,
     _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> str:
-    """Check the Bearer key and return the actor name used in the audit log.
-
-    The API's middleware has already rejected a bad key before the body was
-    read; this dependency documents the scheme in OpenAPI and names the actor.
-    """
-    check_api_key(
-        request.headers.get("authorization"), request.app.state.settings.api_key
-    )
-    return "api-key"
+    """Admit any valid key and return the actor name used in the audit log."""
+    return principal_of(request).actor
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
@@ -119,3 +182,10 @@ TemporalDep = Annotated[Client, Depends(get_temporal)]
 # Routes that store first and tolerate Temporal being down take the gateway.
 GatewayDep = Annotated[TemporalGateway, Depends(get_gateway)]
 ActorDep = Annotated[str, Depends(require_api_key)]
+# The roles of the product: admins configure and erase, marketers run
+# campaigns, sales reps work leads, integrations only bring leads in.
+AdminDep = Annotated[str, Depends(RoleCheck("admin"))]
+MarketingDep = Annotated[str, Depends(RoleCheck("admin", "marketer"))]
+ReadLeadsDep = Annotated[str, Depends(RoleCheck("admin", "marketer", "sales_rep"))]
+SalesDep = Annotated[str, Depends(RoleCheck("admin", "sales_rep"))]
+CaptureDep = Annotated[str, Depends(RoleCheck("admin", "marketer", "integration"))]

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from nurture.codec import parse_encryption_keys
 from nurture.consent import ConsentPolicy, parse_country_list
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -23,8 +24,12 @@ class Settings(BaseSettings):
     Each field reads the environment variable of the same name in upper case.
     """
 
+    # Errors leave out the input, so a bad setting never prints a secret.
     model_config = SettingsConfigDict(
-        env_file=".env", extra="ignore", populate_by_name=True
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        hide_input_in_errors=True,
     )
 
     environment: Literal["development", "production"] = Field(
@@ -39,6 +44,29 @@ class Settings(BaseSettings):
     temporal_namespace: str = "default"
     temporal_ui_port: int = 8233
     task_queue: str = Field("nurture", alias="NURTURE_TASK_QUEUE")
+    payload_encryption_keys: str = Field(
+        "",
+        description=(
+            "AES-256 keys that encrypt Temporal payloads, as comma-separated "
+            "ID:BASE64KEY pairs of 32-byte keys. The first encrypts; all decrypt. "
+            "Empty: payloads are stored in plain text. Required in production."
+        ),
+    )
+    temporal_ui_codec_token: str = Field(
+        "",
+        description=(
+            "Secret path segment of the codec endpoint for the Temporal Web UI, "
+            "which cannot send our API key: /api/v1/codec/ui/<token>. Empty: off."
+        ),
+    )
+    temporal_ui_origins: str = Field(
+        "",
+        description=(
+            "Comma-separated origins of the Temporal Web UI allowed to call the "
+            "codec endpoint; default http://localhost and http://127.0.0.1 on "
+            "TEMPORAL_UI_PORT."
+        ),
+    )
 
     email_provider: Literal["sendgrid", "console"] = "console"
     sms_provider: Literal["twilio", "console"] = "console"
@@ -174,6 +202,20 @@ class Settings(BaseSettings):
             "after an opt-in is on record."
         ),
     )
+    worker_metrics_address: str = Field(
+        "",
+        description=(
+            "HOST:PORT where each worker process serves the Temporal SDK's "
+            "Prometheus metrics (temporal_*) at /metrics. Empty: off."
+        ),
+    )
+    worker_app_metrics_address: str = Field(
+        "",
+        description=(
+            "HOST:PORT where each worker process serves nurture's own Prometheus "
+            "metrics (nurture_*, e.g. messages sent) at /metrics. Empty: off."
+        ),
+    )
 
     @model_validator(mode="after")
     def _reject_placeholders_in_production(self) -> "Settings":
@@ -189,6 +231,16 @@ class Settings(BaseSettings):
                 "UNSUBSCRIBE_SECRET must be a random secret of at least 24 "
                 "characters when NURTURE_ENV=production"
             )
+        if not self.payload_encryption_keys.strip():
+            raise ValueError(
+                "PAYLOAD_ENCRYPTION_KEYS is required when NURTURE_ENV=production: "
+                "set it to ID:BASE64KEY, e.g. 1:<output of `openssl rand -base64 32`>"
+            )
+        if self.temporal_ui_codec_token and len(self.temporal_ui_codec_token) < 24:
+            raise ValueError(
+                "TEMPORAL_UI_CODEC_TOKEN must be a random secret of at least 24 "
+                "characters when NURTURE_ENV=production, or empty"
+            )
         if self.email_provider == "sendgrid" and not self.sendgrid_api_key:
             raise ValueError(
                 "SENDGRID_API_KEY is required when EMAIL_PROVIDER=sendgrid"
@@ -201,6 +253,12 @@ class Settings(BaseSettings):
                 "when SMS_PROVIDER=twilio"
             )
         return self
+
+    @field_validator("payload_encryption_keys")
+    @classmethod
+    def _check_payload_keys(cls, value: str) -> str:
+        parse_encryption_keys(value)
+        return value
 
     @field_validator("frequency_caps")
     @classmethod

@@ -3,6 +3,10 @@
 Starts a Temporal dev server with its Web UI (unless TEMPORAL_ADDRESS is set),
 applies the database migrations, starts the worker and the API, loads the
 example campaign, and prints where everything is. Ctrl-C stops it all.
+
+Payloads are encrypted with PAYLOAD_ENCRYPTION_KEYS, or with a development
+key generated into .data/ when that is unset. The Web UI shows them decoded
+through the API's codec endpoint.
 """
 
 import json
@@ -15,10 +19,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
+from api.routes.codec import UI_CODEC_PATH
+from nurture.codec import generate_key_entry
 from nurture.config import DATA_DIR, PROJECT_ROOT, Settings
 from nurture.db import migrate
 from nurture.logs import configure_logging
@@ -35,17 +42,57 @@ class StartupError(RuntimeError):
     pass
 
 
-def api_key() -> str:
-    """NURTURE_API_KEY, or a random key kept in .data/api-key across runs."""
-    if os.environ.get("NURTURE_API_KEY"):
-        return os.environ["NURTURE_API_KEY"]
-    path = DATA_DIR / "api-key"
+def dev_secret(configured: str, filename: str, generate: Callable[[], str]) -> str:
+    """Return the configured value, or a generated one kept in .data/ across runs."""
+    if configured:
+        return configured
+    path = DATA_DIR / filename
     if path.is_file():
         return path.read_text().strip()
-    key = secrets.token_urlsafe(32)
-    path.write_text(key + "\n")
-    path.chmod(0o600)
-    return key
+    value = generate()
+    # Created readable by the owner only, before the secret is written.
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(value + "\n")
+    return value
+
+
+def api_key() -> str:
+    """NURTURE_API_KEY, or a random key kept in .data/api-key across runs."""
+    return dev_secret(
+        os.environ.get("NURTURE_API_KEY", ""),
+        "api-key",
+        lambda: secrets.token_urlsafe(32),
+    )
+
+
+def with_dev_codec(settings: Settings) -> Settings:
+    """Fill in a payload key and a Web UI codec token where none is configured."""
+    keys = dev_secret(
+        settings.payload_encryption_keys,
+        "payload-encryption-keys",
+        lambda: generate_key_entry(f"dev-{secrets.token_hex(4)}"),
+    )
+    token = dev_secret(
+        settings.temporal_ui_codec_token,
+        "temporal-ui-codec-token",
+        lambda: secrets.token_urlsafe(32),
+    )
+    # Validated again, because the files under .data/ may have been edited.
+    values = settings.model_dump()
+    values.update(payload_encryption_keys=keys, temporal_ui_codec_token=token)
+    return Settings(**values)
+
+
+def ui_codec_endpoint(settings: Settings) -> str:
+    """Return the codec endpoint URL that the Web UI calls from the browser."""
+    host = settings.api_host
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    base = f"http://{host}:{settings.api_port}{UI_CODEC_PATH}"
+    return f"{base}/{settings.temporal_ui_codec_token}"
 
 
 def wait_for_port(
@@ -99,6 +146,8 @@ def start_temporal(settings: Settings) -> subprocess.Popen[bytes]:
         port,
         "--ui-port",
         str(settings.temporal_ui_port),
+        "--ui-codec-endpoint",
+        ui_codec_endpoint(settings),
         "--namespace",
         settings.temporal_namespace,
         "--log-level",
@@ -180,6 +229,8 @@ nurture is running.
   API docs:         {api}/docs
   Temporal Web UI:  {temporal_ui}
   API key:          {key}
+  Codec endpoint:   {ui_codec_endpoint(settings)}
+                    (decodes the encrypted payloads that the Web UI shows)
   Example campaign: {campaign}
   Database:         {settings.database_url}
 
@@ -204,8 +255,13 @@ def main() -> None:
     configure_logging()
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     key = api_key()
-    env = {**os.environ, "NURTURE_API_KEY": key}
-    settings = Settings(api_key=key)
+    settings = with_dev_codec(Settings(api_key=key))
+    env = {
+        **os.environ,
+        "NURTURE_API_KEY": key,
+        "PAYLOAD_ENCRYPTION_KEYS": settings.payload_encryption_keys,
+        "TEMPORAL_UI_CODEC_TOKEN": settings.temporal_ui_codec_token,
+    }
     own_temporal = not os.environ.get("TEMPORAL_ADDRESS")
     processes: list[subprocess.Popen[bytes]] = []
     try:

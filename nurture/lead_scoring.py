@@ -26,6 +26,7 @@ from nurture.criteria import (
 )
 from nurture.enrichment import midpoint, normalize_industry
 from nurture.learning import FeatureRow, TrainedModel
+from nurture.metrics import time_scoring
 from nurture.models import (
     EngagementEvent,
     Lead,
@@ -423,6 +424,7 @@ def apply_score(
     ]
 
 
+@time_scoring("rescore")
 def rescore(
     session: Session, lead: Lead, default_threshold: int, now: datetime | None = None
 ) -> ScoreResult:
@@ -436,6 +438,7 @@ def rescore(
     return result
 
 
+@time_scoring("rescore_many")
 def rescore_many(
     session: Session,
     lead_ids: Sequence[str],

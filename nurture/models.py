@@ -379,3 +379,23 @@ class EnrichmentCacheEntry(SQLModel, table=True):
     data: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     fetched_at: datetime = _timestamp()
     expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key with a role. Only a SHA-256 hash of the key is stored."""
+
+    __tablename__ = "api_keys"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    # admin, marketer, sales_rep or integration.
+    role: str
+    # The first characters of the key, to tell keys apart in lists and logs.
+    prefix: str
+    key_hash: str = Field(unique=True)
+    created_at: datetime = _timestamp()
+    created_by: str
+    expires_at: datetime | None = _optional_timestamp()
+    revoked_at: datetime | None = _optional_timestamp()
+    last_used_at: datetime | None = _optional_timestamp()

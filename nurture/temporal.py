@@ -13,8 +13,8 @@ from temporalio.common import (
     SearchAttributePair,
     TypedSearchAttributes,
 )
-from temporalio.contrib.pydantic import pydantic_data_converter
 
+from nurture.codec import data_converter
 from nurture.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -64,10 +64,11 @@ def nurture_workflow_id(campaign_id: str, lead_id: str) -> str:
 
 
 async def connect(settings: Settings) -> Client:
+    """Connect to Temporal, encrypting payloads when PAYLOAD_ENCRYPTION_KEYS is set."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings.payload_encryption_keys),
     )
 
 

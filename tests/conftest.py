@@ -5,10 +5,12 @@ is created on that server and dropped afterwards), else a SQLite file.
 """
 
 import asyncio
+import base64
 import contextlib
 import json
 import os
 import shutil
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,14 +22,15 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from fastapi import FastAPI
 from sqlmodel import SQLModel
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 from temporalio.testing import TimeSkippingConfig, WorkflowEnvironment
 
 import nurture.models  # noqa: F401  (registers the tables)
 from api.app import create_app
+from nurture.codec import data_converter
 from nurture.config import Settings
 from nurture.db import create_db_engine, migrate, normalize_url
 from nurture.temporal import DEV_SERVER_SEARCH_ATTRIBUTES
@@ -38,6 +41,8 @@ from worker import build_workers
 # (test_examples.py checks them against the shared originals when present).
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 API_KEY = "test-key-" + "x" * 24
+# Every test runs with payloads encrypted, as production does.
+PAYLOAD_ENCRYPTION_KEYS = "test-1:" + base64.b64encode(bytes(range(32))).decode()
 
 
 def example(name: str) -> Any:
@@ -108,7 +113,7 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         ts_config=TimeSkippingConfig(enabled=False),
         dev_server_existing_path=temporal,
         dev_server_extra_args=extra_args,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(PAYLOAD_ENCRYPTION_KEYS),
     )
     yield env
     await env.shutdown()
@@ -173,6 +178,7 @@ def make_settings(
     values: dict[str, Any] = {
         "database_url": database_url,
         "api_key": API_KEY,
+        "payload_encryption_keys": PAYLOAD_ENCRYPTION_KEYS,
         "task_queue": f"test-{uuid.uuid4().hex[:8]}",
         "email_provider": "sendgrid",
         "sendgrid_api_key": "SG.test",
@@ -264,3 +270,39 @@ async def _terminate_test_workflows(client: Client, task_queue: str) -> None:
             await client.get_workflow_handle(execution.id).terminate("test finished")
         except RPCError:  # closed between the list and the call
             pass
+
+
+def client_for(app: FastAPI) -> httpx.AsyncClient:
+    """Return a client without a default Authorization header."""
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://nurture.test"
+    )
+
+
+def closed_port() -> int:
+    """Return a 127.0.0.1 port that nothing listens on (it was free a moment ago)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+async def temporal_down(
+    database_url: str,
+    engine: sa.Engine,
+    fake_sendgrid: FakeSendGrid,
+    fake_twilio: FakeTwilio,
+) -> AsyncIterator[httpx.AsyncClient]:
+    """Return a client of an app whose Temporal address refuses connections."""
+    settings = make_settings(
+        database_url,
+        fake_sendgrid,
+        fake_twilio,
+        temporal_address=f"127.0.0.1:{closed_port()}",
+    )
+    app = create_app(
+        settings, None, engine=engine, run_migrations=False, reconcile=False
+    )
+    async with client_for(app) as client:
+        yield client

@@ -1,4 +1,4 @@
-"""API key checks on every /api/v1 route, and the health check.
+"""API key checks on every /api/v1 route, and the operator endpoints without one.
 
 The protected routes come from the app's OpenAPI document, so a new route is
 checked without editing this file. FastAPI 0.163 keeps included routers as
@@ -6,20 +6,25 @@ private `_IncludedRouter` entries in `app.routes`, and no route of ours is left
 out of the schema, so the OpenAPI paths are the complete public list.
 """
 
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
-from fastapi import FastAPI
 
 from api.app import PUBLIC_PREFIXES, create_app
 from nurture.config import Settings
 from nurture.db import create_db_engine, session_scope
 from nurture.models import Lead
-from tests.conftest import API_KEY, Stack, example, make_settings
+from tests.conftest import (
+    API_KEY,
+    Stack,
+    client_for,
+    closed_port,
+    example,
+    make_settings,
+)
 from tests.fakes import FakeSendGrid, FakeTwilio
 
 ERROR_KEYS = {"error", "message", "errors"}
@@ -77,6 +82,8 @@ def is_protected(path: str) -> bool:
 
 
 PROTECTED = operations(is_protected)
+# Operator endpoints: probes and the Prometheus scrape take no key.
+OPERATOR = operations(lambda path: not path.startswith("/api/v1/"))
 WEBHOOKS = operations(lambda path: path.startswith("/api/v1/webhooks/"))
 # Readers of our emails open these without a key; the link's signature counts.
 UNSUBSCRIBE = operations(lambda path: path.startswith("/api/v1/unsubscribe/"))
@@ -96,46 +103,10 @@ def headers_for(credentials: str | None) -> dict[str, str]:
     return {} if credentials is None else {"Authorization": credentials}
 
 
-def client_for(app: FastAPI) -> httpx.AsyncClient:
-    """Return a client without a default Authorization header."""
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://nurture.test"
-    )
-
-
-def closed_port() -> int:
-    """Return a 127.0.0.1 port that nothing listens on (it was free a moment ago)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 @pytest.fixture
 async def anonymous(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
     """Return a client of the stack's app that sends no API key."""
     async with client_for(stack.api._transport.app) as client:
-        yield client
-
-
-@pytest.fixture
-async def temporal_down(
-    database_url: str,
-    engine: sa.Engine,
-    fake_sendgrid: FakeSendGrid,
-    fake_twilio: FakeTwilio,
-) -> AsyncIterator[httpx.AsyncClient]:
-    """Return a client of an app whose Temporal address refuses connections."""
-    settings = make_settings(
-        database_url,
-        fake_sendgrid,
-        fake_twilio,
-        temporal_address=f"127.0.0.1:{closed_port()}",
-    )
-    app = create_app(
-        settings, None, engine=engine, run_migrations=False, reconcile=False
-    )
-    async with client_for(app) as client:
         yield client
 
 
@@ -174,6 +145,11 @@ def test_route_walk_finds_open_routes() -> None:
         ("GET", "/api/v1/unsubscribe/{token}"),
         ("POST", "/api/v1/unsubscribe/{token}"),
     ]
+    assert OPERATOR == [
+        ("GET", "/healthz"),
+        ("GET", "/metrics"),
+        ("GET", "/readyz"),
+    ]
 
 
 @pytest.mark.parametrize(("method", "path"), PROTECTED)
@@ -184,9 +160,7 @@ def test_openapi_declares_bearer_security(method: str, path: str) -> None:
     assert "401" in operation["responses"]
 
 
-@pytest.mark.parametrize(
-    ("method", "path"), [*WEBHOOKS, *UNSUBSCRIBE, ("GET", "/healthz")]
-)
+@pytest.mark.parametrize(("method", "path"), [*WEBHOOKS, *UNSUBSCRIBE, *OPERATOR])
 def test_openapi_open_routes_no_security(method: str, path: str) -> None:
     operation = OPENAPI["paths"][path][method.lower()]
 
@@ -332,6 +306,25 @@ async def test_healthz_ignores_wrong_key(anonymous: httpx.AsyncClient) -> None:
 
     assert response.status_code == 200, response.text
     assert response.json()["status"] == "ok"
+
+
+async def test_metrics_needs_no_key(anonymous: httpx.AsyncClient) -> None:
+    response = await anonymous.get(
+        "/metrics", headers={"Authorization": "Bearer wrong-key"}
+    )
+
+    assert response.status_code == 200, response.text
+    assert "nurture_http_requests_total" in response.text
+
+
+async def test_readyz_needs_no_key(anonymous: httpx.AsyncClient) -> None:
+    """/readyz needs no key. Its checks are tested in test_observability.py."""
+    response = await anonymous.get(
+        "/readyz", headers={"Authorization": "Bearer wrong-key"}
+    )
+
+    assert response.status_code in (200, 503), response.text
+    assert response.json()["checks"]["database"] == {"status": "ok"}
 
 
 async def test_healthz_temporal_down_503(temporal_down: httpx.AsyncClient) -> None:

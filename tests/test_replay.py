@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from nurture.codec import data_converter
+from tests.conftest import PAYLOAD_ENCRYPTION_KEYS
 from workflows.lead import LeadWorkflow
 from workflows.nurture import NurtureWorkflow
 
@@ -38,9 +39,11 @@ def test_histories_were_recorded() -> None:
 async def test_history_replays_on_current_code(path: Path) -> None:
     recorded = json.loads(path.read_text())
     history = WorkflowHistory.from_json(recorded["workflow_id"], recorded["history"])
+    # Files recorded before encryption pass through the codec unchanged; files
+    # recorded since are encrypted with the test key.
     replayer = Replayer(
         workflows=[LeadWorkflow, NurtureWorkflow],
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(PAYLOAD_ENCRYPTION_KEYS),
     )
 
     await replayer.replay_workflow(history)

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ActorDep, EngineDep, SessionDep
+from api.deps import EngineDep, MarketingDep, ReadLeadsDep, SessionDep
 from api.errors import (
     ApiError,
     FieldError,
@@ -149,7 +149,7 @@ def _store_version(
     openapi_extra=_SPEC_BODY,
 )
 async def create_campaign(
-    request: Request, engine: EngineDep, actor: ActorDep
+    request: Request, engine: EngineDep, actor: MarketingDep
 ) -> CampaignPublic:
     """Submit a campaign; it is active at once unless its status is "draft"."""
     spec = await read_spec(request)
@@ -179,7 +179,7 @@ def _create_in(session: Session, spec: CampaignSpec, actor: str) -> CampaignPubl
     openapi_extra=_SPEC_BODY,
 )
 async def update_campaign(
-    campaign_id: str, request: Request, engine: EngineDep, actor: ActorDep
+    campaign_id: str, request: Request, engine: EngineDep, actor: MarketingDep
 ) -> CampaignPublic:
     """Store a new version; enrollments in flight keep theirs until migrated.
 
@@ -209,7 +209,7 @@ def _update(
 
 @router.get("/{campaign_id}", response_model=CampaignPublic, responses=ERRORS)
 def read_campaign(
-    campaign_id: str, session: SessionDep, _actor: ActorDep
+    campaign_id: str, session: SessionDep, _actor: ReadLeadsDep
 ) -> CampaignPublic:
     """Read a campaign with the definition of its current version."""
     campaign = get_campaign_or_404(session, campaign_id)
@@ -217,7 +217,7 @@ def read_campaign(
 
 
 @router.get("", response_model=list[CampaignPublic], responses=ERRORS)
-def list_campaigns(session: SessionDep, _actor: ActorDep) -> list[CampaignPublic]:
+def list_campaigns(session: SessionDep, _actor: ReadLeadsDep) -> list[CampaignPublic]:
     """List campaigns, newest first, each with its current version."""
     campaigns = session.exec(
         select(Campaign).order_by(col(Campaign.created_at).desc())

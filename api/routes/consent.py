@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Response
 from sqlmodel import col, select
 
-from api.deps import ActorDep, SessionDep, SettingsDep
+from api.deps import AdminDep, MarketingDep, ReadLeadsDep, SessionDep, SettingsDep
 from api.errors import ApiError, error_responses
 from api.routes.leads import get_lead_or_404
 from nurture.consent import (
@@ -25,7 +25,7 @@ ERRORS = error_responses(401, 404, 422)
 
 @router.get("/leads/{lead_id}/consent", response_model=ConsentView, responses=ERRORS)
 def read_consent(
-    lead_id: str, session: SessionDep, settings: SettingsDep, _actor: ActorDep
+    lead_id: str, session: SessionDep, settings: SettingsDep, _actor: ReadLeadsDep
 ) -> ConsentView:
     """Show the lead's consent per channel, whether a message may go now, and why.
 
@@ -47,7 +47,7 @@ def change_consent(
     body: ConsentChange,
     session: SessionDep,
     settings: SettingsDep,
-    actor: ActorDep,
+    actor: ReadLeadsDep,
 ) -> ConsentView:
     """Record an opt-in or an opt-out, e.g. one given on a call or at an event.
 
@@ -101,7 +101,7 @@ class SuppressionPage(CamelModel):
 @router.get("/suppressions", response_model=SuppressionPage, responses=ERRORS)
 def list_suppressions(
     session: SessionDep,
-    _actor: ActorDep,
+    _actor: MarketingDep,
     channel: Channel | None = None,
     address: Annotated[
         str | None, Query(description="An exact address or E.164 number.")
@@ -143,7 +143,7 @@ def list_suppressions(
     responses=error_responses(401, 404),
 )
 def lift_suppression(
-    suppression_id: int, session: SessionDep, actor: ActorDep
+    suppression_id: int, session: SessionDep, actor: AdminDep
 ) -> Response:
     """Lift a suppression, e.g. after a mailbox that bounced was fixed."""
     row = session.get(Suppression, suppression_id)

@@ -9,7 +9,7 @@ from pydantic import AwareDatetime, Field, field_validator, model_validator
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ActorDep, EngineDep, GatewayDep, SettingsDep
+from api.deps import CaptureDep, EngineDep, GatewayDep, SettingsDep
 from api.errors import ApiError, error_responses
 from api.workflow_calls import notify_lead
 from nurture.conditions import EVENT_TYPES as CONDITION_EVENTS
@@ -152,7 +152,7 @@ def _find_event(
 )
 async def record_event(
     event: BehaviorEventIn,
-    _actor: ActorDep,
+    _actor: CaptureDep,
     settings: SettingsDep,
     engine: EngineDep,
     temporal: GatewayDep,

@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ActorDep, EngineDep, SessionDep, SettingsDep
+from api.deps import EngineDep, MarketingDep, SessionDep, SettingsDep
 from api.errors import ApiError, FieldError, error_responses, from_pydantic
 from nurture.consent import record_capture_consent
 from nurture.csv_import import (
@@ -398,7 +398,7 @@ def _prepare(
 async def import_leads(
     request: Request,
     response: Response,
-    actor: ActorDep,
+    actor: MarketingDep,
     settings: SettingsDep,
     engine: EngineDep,
     file: Annotated[UploadFile, File(description="The CSV file, with a header row.")],
@@ -453,7 +453,9 @@ async def import_leads(
     response_model=ImportView,
     responses=error_responses(401, 404),
 )
-def read_import(import_id: str, session: SessionDep, _actor: ActorDep) -> ImportView:
+def read_import(
+    import_id: str, session: SessionDep, _actor: MarketingDep
+) -> ImportView:
     """Read an import's progress while it runs, and its report when it is done."""
     job = session.get(LeadImport, import_id)
     if job is None:
@@ -462,7 +464,7 @@ def read_import(import_id: str, session: SessionDep, _actor: ActorDep) -> Import
 
 
 @router.get("/imports", response_model=list[ImportView], responses=error_responses(401))
-def list_imports(session: SessionDep, _actor: ActorDep) -> list[ImportView]:
+def list_imports(session: SessionDep, _actor: MarketingDep) -> list[ImportView]:
     """List the 50 latest imports, newest first."""
     rows = session.exec(
         select(LeadImport).order_by(col(LeadImport.created_at).desc()).limit(50)

@@ -9,9 +9,9 @@ from fastapi import APIRouter
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ActorDep, EngineDep, SessionDep, SettingsDep, TemporalDep
+from api.deps import EngineDep, ReadLeadsDep, SessionDep, SettingsDep, TemporalDep
 from api.errors import error_responses
-from api.routes.leads import get_lead_or_404
+from api.routes.leads import get_lead_or_404, record_read
 from api.workflow_calls import query_enrollment, query_lead
 from nurture.consent import CHANNELS, ConsentPolicy, send_refusal
 from nurture.db import session_scope
@@ -48,7 +48,7 @@ class MessageView(CamelModel):
 
 @router.get("/{lead_id}/messages", response_model=list[MessageView], responses=ERRORS)
 def list_messages(
-    lead_id: str, session: SessionDep, _actor: ActorDep
+    lead_id: str, session: SessionDep, _actor: ReadLeadsDep
 ) -> list[MessageView]:
     """List every message to the lead, newest first."""
     get_lead_or_404(session, lead_id)
@@ -119,10 +119,15 @@ def _load(
         )
 
 
+def _record_journey_read(engine: sa.Engine, actor: str, lead_id: str) -> None:
+    with Session(engine) as session:
+        record_read(session, actor, lead_id, "lead.journey_read")
+
+
 @router.get("/{lead_id}/journey", response_model=JourneyView, responses=ERRORS)
 async def read_journey(
     lead_id: str,
-    _actor: ActorDep,
+    actor: ReadLeadsDep,
     settings: SettingsDep,
     engine: EngineDep,
     temporal: TemporalDep,
@@ -131,6 +136,7 @@ async def read_journey(
     stored = await run_in_threadpool(
         _load, engine, lead_id, settings.mql_threshold, settings.consent_policy
     )
+    await run_in_threadpool(_record_journey_read, engine, actor, lead_id)
     lead, enrollments, events = stored.lead, stored.enrollments, stored.events
     state = await query_lead(temporal, lead_id)
     live_states = await asyncio.gather(

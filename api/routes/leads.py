@@ -9,7 +9,14 @@ from pydantic import AwareDatetime, ValidationError
 from sqlmodel import Session, col, func, select
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ActorDep, EngineDep, GatewayDep, SessionDep, SettingsDep
+from api.deps import (
+    CaptureDep,
+    EngineDep,
+    GatewayDep,
+    ReadLeadsDep,
+    SessionDep,
+    SettingsDep,
+)
 from api.errors import (
     ApiError,
     FieldError,
@@ -32,7 +39,7 @@ from nurture.leads import (
     form_to_payload,
     update_lead,
 )
-from nurture.models import Lead
+from nurture.models import AuditEntry, Lead
 from nurture.schemas import CamelModel
 
 router = APIRouter(prefix="/api/v1/leads", tags=["leads"])
@@ -141,7 +148,7 @@ def _store(
 async def create_lead(
     request: Request,
     response: Response,
-    actor: ActorDep,
+    actor: CaptureDep,
     settings: SettingsDep,
     engine: EngineDep,
     temporal: GatewayDep,
@@ -164,9 +171,19 @@ def get_lead_or_404(session: Session, lead_id: str) -> Lead:
 
 
 @router.get("/{lead_id}", response_model=LeadPublic, responses=ERRORS)
-def read_lead(lead_id: str, session: SessionDep, _actor: ActorDep) -> LeadPublic:
+def read_lead(lead_id: str, session: SessionDep, actor: ReadLeadsDep) -> LeadPublic:
     """Read one lead with its score, reasons and stage."""
-    return LeadPublic.from_lead(get_lead_or_404(session, lead_id))
+    lead = get_lead_or_404(session, lead_id)
+    record_read(session, actor, lead.id, "lead.read")
+    return LeadPublic.from_lead(lead)
+
+
+def record_read(session: Session, actor: str, lead_id: str, action: str) -> None:
+    """Write a person's read of a lead's personal data to the audit log."""
+    session.add(
+        AuditEntry(actor=actor, action=action, entity_type="lead", entity_id=lead_id)
+    )
+    session.commit()
 
 
 def _apply_update(
@@ -199,7 +216,7 @@ def _apply_update(
 async def patch_lead(
     lead_id: str,
     change: LeadUpdate,
-    actor: ActorDep,
+    actor: ReadLeadsDep,
     settings: SettingsDep,
     engine: EngineDep,
     temporal: GatewayDep,
@@ -226,7 +243,7 @@ class LeadPage(CamelModel):
 def list_leads(
     request: Request,
     session: SessionDep,
-    _actor: ActorDep,
+    _actor: ReadLeadsDep,
     score: Annotated[int | None, Query()] = None,
     score_gt: Annotated[int | None, Query(alias="score[gt]")] = None,
     score_gte: Annotated[int | None, Query(alias="score[gte]")] = None,

@@ -14,7 +14,14 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from api.deps import ActorDep, EngineDep, SessionDep, SettingsDep, TemporalDep
+from api.deps import (
+    EngineDep,
+    MarketingDep,
+    ReadLeadsDep,
+    SessionDep,
+    SettingsDep,
+    TemporalDep,
+)
 from api.errors import ApiError, error_responses
 from api.routes.campaigns import (
     CampaignPublic,
@@ -222,7 +229,7 @@ async def _start(
 async def enroll_leads(
     campaign_id: str,
     request: EnrollRequest,
-    actor: ActorDep,
+    actor: MarketingDep,
     settings: SettingsDep,
     engine: EngineDep,
     temporal: TemporalDep,
@@ -262,7 +269,7 @@ class EnrollmentPublic(CamelModel):
 def list_enrollments(
     campaign_id: str,
     session: SessionDep,
-    _actor: ActorDep,
+    _actor: ReadLeadsDep,
     status: Annotated[str | None, Query(description="active, completed, ...")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -335,7 +342,7 @@ def _migration_targets(
 )
 async def migrate_enrollments(
     campaign_id: str,
-    actor: ActorDep,
+    actor: MarketingDep,
     engine: EngineDep,
     temporal: TemporalDep,
     request: MigrateRequest | None = None,
@@ -371,7 +378,7 @@ def simulate_campaign(
     request: SimulationRequest,
     http_request: Request,
     session: SessionDep,
-    _actor: ActorDep,
+    _actor: MarketingDep,
     version: Annotated[int | None, Query(ge=1, description="Default: current.")] = None,
 ) -> SimulationResult:
     """Return the schedule a sample lead would get from this campaign; sends nothing.
@@ -445,7 +452,7 @@ LIFECYCLE_ERRORS = error_responses(401, 404, 409)
     responses=LIFECYCLE_ERRORS,
 )
 async def activate_campaign(
-    campaign_id: str, actor: ActorDep, engine: EngineDep, temporal: TemporalDep
+    campaign_id: str, actor: MarketingDep, engine: EngineDep, temporal: TemporalDep
 ) -> LifecycleResult:
     """Activate a draft campaign: from now on its trigger enrolls leads."""
     return await _change_status(campaign_id, "activate", actor, engine, temporal)
@@ -455,7 +462,7 @@ async def activate_campaign(
     "/{campaign_id}/pause", response_model=LifecycleResult, responses=LIFECYCLE_ERRORS
 )
 async def pause_campaign(
-    campaign_id: str, actor: ActorDep, engine: EngineDep, temporal: TemporalDep
+    campaign_id: str, actor: MarketingDep, engine: EngineDep, temporal: TemporalDep
 ) -> LifecycleResult:
     """Pause an active campaign: live enrollments hold their sends where they are."""
     return await _change_status(campaign_id, "pause", actor, engine, temporal)
@@ -465,7 +472,7 @@ async def pause_campaign(
     "/{campaign_id}/resume", response_model=LifecycleResult, responses=LIFECYCLE_ERRORS
 )
 async def resume_campaign(
-    campaign_id: str, actor: ActorDep, engine: EngineDep, temporal: TemporalDep
+    campaign_id: str, actor: MarketingDep, engine: EngineDep, temporal: TemporalDep
 ) -> LifecycleResult:
     """Resume a paused campaign: held sends go out, in their send window."""
     return await _change_status(campaign_id, "resume", actor, engine, temporal)
@@ -475,7 +482,7 @@ async def resume_campaign(
     "/{campaign_id}/archive", response_model=LifecycleResult, responses=LIFECYCLE_ERRORS
 )
 async def archive_campaign(
-    campaign_id: str, actor: ActorDep, engine: EngineDep, temporal: TemporalDep
+    campaign_id: str, actor: MarketingDep, engine: EngineDep, temporal: TemporalDep
 ) -> LifecycleResult:
     """Archive a campaign for good: its live enrollments end."""
     return await _change_status(campaign_id, "archive", actor, engine, temporal)

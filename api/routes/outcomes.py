@@ -5,7 +5,14 @@ from fastapi import APIRouter
 from sqlmodel import col, select
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import ActorDep, EngineDep, GatewayDep, SessionDep, SettingsDep
+from api.deps import (
+    EngineDep,
+    GatewayDep,
+    ReadLeadsDep,
+    SalesDep,
+    SessionDep,
+    SettingsDep,
+)
 from api.errors import error_responses
 from api.routes.leads import get_lead_or_404
 from api.workflow_calls import notify_lead
@@ -59,7 +66,7 @@ def _store(
 async def record_lead_outcome(
     lead_id: str,
     body: OutcomeIn,
-    actor: ActorDep,
+    actor: SalesDep,
     settings: SettingsDep,
     engine: EngineDep,
     temporal: GatewayDep,
@@ -81,7 +88,7 @@ async def record_lead_outcome(
 
 @router.get("/{lead_id}/outcomes", response_model=list[OutcomePublic], responses=ERRORS)
 def list_lead_outcomes(
-    lead_id: str, session: SessionDep, _actor: ActorDep
+    lead_id: str, session: SessionDep, _actor: ReadLeadsDep
 ) -> list[OutcomePublic]:
     """List a lead's recorded outcomes, newest first."""
     get_lead_or_404(session, lead_id)

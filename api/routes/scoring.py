@@ -10,7 +10,14 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
-from api.deps import ActorDep, EngineDep, SessionDep, SettingsDep, TemporalDep
+from api.deps import (
+    AdminDep,
+    EngineDep,
+    ReadLeadsDep,
+    SessionDep,
+    SettingsDep,
+    TemporalDep,
+)
 from api.errors import ApiError, error_responses
 from nurture.contracts import RescoreInput, TrainModelInput
 from nurture.criteria import ScoringCriteria, built_in_criteria
@@ -31,7 +38,7 @@ RESCORE_WORKFLOW_ID = "rescore-all-leads"
     "/calculate", response_model=ScoreResult, responses=error_responses(401, 422)
 )
 def calculate_score(
-    data: ScoringInput, session: SessionDep, settings: SettingsDep, _actor: ActorDep
+    data: ScoringInput, session: SessionDep, settings: SettingsDep, _actor: ReadLeadsDep
 ) -> ScoreResult:
     """Score a lead from its facts by the criteria and model in force, with reasons."""
     context = load_context(session, settings.mql_threshold)
@@ -93,7 +100,7 @@ def _criteria_view(
 
 @router.get("/criteria", response_model=CriteriaVersion, responses=ERRORS)
 def read_criteria(
-    session: SessionDep, settings: SettingsDep, _actor: ActorDep
+    session: SessionDep, settings: SettingsDep, _actor: ReadLeadsDep
 ) -> CriteriaVersion:
     """Read the criteria in force: every criterion, its points and thresholds."""
     return _criteria_view(session, settings.mql_threshold)
@@ -118,7 +125,7 @@ def _changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
 
 @router.put("/criteria", response_model=CriteriaVersion, responses=ERRORS)
 def replace_criteria(
-    change: CriteriaChange, session: SessionDep, settings: SettingsDep, actor: ActorDep
+    change: CriteriaChange, session: SessionDep, settings: SettingsDep, actor: AdminDep
 ) -> CriteriaVersion:
     """Store a new version of the criteria; scoring uses it from the next lead on.
 
@@ -159,7 +166,7 @@ def replace_criteria(
     responses=error_responses(401),
 )
 def list_criteria_versions(
-    session: SessionDep, _actor: ActorDep
+    session: SessionDep, _actor: ReadLeadsDep
 ) -> list[CriteriaVersionSummary]:
     """List the stored versions of the criteria, newest first."""
     rows = session.exec(
@@ -182,7 +189,7 @@ def list_criteria_versions(
     "/criteria/versions/{version}", response_model=CriteriaVersion, responses=ERRORS
 )
 def read_criteria_version(
-    version: int, session: SessionDep, settings: SettingsDep, _actor: ActorDep
+    version: int, session: SessionDep, settings: SettingsDep, _actor: ReadLeadsDep
 ) -> CriteriaVersion:
     """Read one stored version of the criteria."""
     return _criteria_view(session, settings.mql_threshold, version)
@@ -200,7 +207,7 @@ class RescoreStarted(CamelModel):
     responses=error_responses(401, 409, 503),
 )
 async def rescore_all(
-    _actor: ActorDep, settings: SettingsDep, temporal: TemporalDep
+    _actor: AdminDep, settings: SettingsDep, temporal: TemporalDep
 ) -> RescoreStarted:
     """Rescore every lead in the background with the criteria and model in force."""
     try:
@@ -286,7 +293,7 @@ def _create_model(engine: Any, options: TrainingOptions, actor: str) -> ScoringM
 )
 async def train_model(
     response: Response,
-    actor: ActorDep,
+    actor: AdminDep,
     settings: SettingsDep,
     engine: EngineDep,
     temporal: TemporalDep,
@@ -313,7 +320,7 @@ async def train_model(
 @router.get("/models", response_model=list[ModelView], responses=error_responses(401))
 def list_models(
     session: SessionDep,
-    _actor: ActorDep,
+    _actor: ReadLeadsDep,
     limit: int = Query(50, ge=1, le=200),
 ) -> list[ModelView]:
     """List trained models, newest first, with their metrics and status."""
@@ -335,7 +342,7 @@ def _model_or_404(session: Session, version: int) -> ScoringModel:
 
 
 @router.get("/models/{version}", response_model=ModelView, responses=ERRORS)
-def read_model(version: int, session: SessionDep, _actor: ActorDep) -> ModelView:
+def read_model(version: int, session: SessionDep, _actor: ReadLeadsDep) -> ModelView:
     """Read a model: training progress, then its held-out metrics and features."""
     return ModelView.of(_model_or_404(session, version))
 
@@ -367,7 +374,7 @@ def _promote(session: Session, model: ScoringModel, actor: str, action: str) -> 
     response_model=ModelView,
     responses=error_responses(401, 404, 409),
 )
-def promote_model(version: int, session: SessionDep, actor: ActorDep) -> ModelView:
+def promote_model(version: int, session: SessionDep, actor: AdminDep) -> ModelView:
     """Make a trained model the one that scores leads, from the next score on."""
     model = _model_or_404(session, version)
     if model.status != "ready":
@@ -385,7 +392,7 @@ def promote_model(version: int, session: SessionDep, actor: ActorDep) -> ModelVi
     response_model=ModelView,
     responses=error_responses(401, 409),
 )
-def roll_back_model(session: SessionDep, actor: ActorDep) -> ModelView:
+def roll_back_model(session: SessionDep, actor: AdminDep) -> ModelView:
     """Promote again the model promoted before the current one.
 
     After a demote, the last model that was promoted comes back.
@@ -422,7 +429,7 @@ def roll_back_model(session: SessionDep, actor: ActorDep) -> ModelView:
     status_code=204,
     responses=error_responses(401, 409),
 )
-def demote_model(session: SessionDep, actor: ActorDep) -> None:
+def demote_model(session: SessionDep, actor: AdminDep) -> None:
     """Stop using any model: scores come from the rules alone again."""
     current = session.exec(
         select(ScoringModel).where(col(ScoringModel.promoted).is_(True))

@@ -22,6 +22,7 @@ from nurture.config import Settings
 from nurture.contracts import BehaviorSignal, EngagementSignal
 from nurture.db import session_scope
 from nurture.engagement import SIGNALLED_EVENTS, StoredEvent, store_sendgrid_event
+from nurture.metrics import count_webhook_events
 from nurture.schemas import CamelModel
 from nurture.twilio_events import (
     InboundResult,
@@ -153,6 +154,7 @@ async def receive_sendgrid_events(
     _check_sendgrid_signature(request, body)
     events = _parse_batch(body)
     stored = await run_in_threadpool(_store_all, engine, events)
+    count_webhook_events("sendgrid", [event["event"] for event in events])
     fresh = [event for event in stored if not event.duplicate]
     for event in fresh:
         if event.type not in SIGNALLED_EVENTS:
@@ -281,6 +283,7 @@ async def receive_twilio_status(
         ["MessageSid", "MessageStatus"],
     )
     result = await run_in_threadpool(_store_status, engine, fields)
+    count_webhook_events("twilio", [f"status_{fields['MessageStatus']}"])
     if result.message_id is None and not result.duplicate:
         logger.info(
             "twilio status %s for %s matched no message",
@@ -326,6 +329,7 @@ async def receive_twilio_inbound(
         request, settings.twilio_inbound_webhook_url, settings, ["MessageSid", "From"]
     )
     result = await run_in_threadpool(_store_inbound, engine, fields)
+    count_webhook_events("twilio", [f"inbound_{result.kind}"])
     if not result.duplicate:
         if not result.lead_ids:
             logger.info("inbound sms %s matched no lead", fields["MessageSid"])
