@@ -21,6 +21,7 @@ A message goes to its provider at most once:
    `unconfirmed` and nothing is resent.
 """
 
+import contextvars
 import logging
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -323,7 +324,9 @@ def _result(message: Message) -> DeliveryResult:
 def _call_heartbeating(call: Callable[..., T], *args: object) -> T:
     """Run a provider call in another thread and heartbeat until it returns."""
     in_activity = activity.in_activity()
-    future: Future[T] = _CALLS.submit(call, *args)
+    # The call runs in the activity's context, so its log lines carry the ids.
+    context = contextvars.copy_context()
+    future: Future[T] = _CALLS.submit(context.run, call, *args)
     while True:
         try:
             return future.result(timeout=HEARTBEAT_EVERY_SECONDS)

@@ -140,6 +140,10 @@ def principal_of(request: Request) -> Principal:
     return principal
 
 
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
 class RoleCheck:
     """A route dependency that admits the given roles and returns the actor name.
 
@@ -160,7 +164,8 @@ class RoleCheck:
             raise ApiError(
                 403,
                 "forbidden",
-                f"a {principal.role} key may not {request.method} "
+                f"{_article(principal.role)} {principal.role} key may not "
+                f"{request.method} "
                 f"{request.url.path}: it needs one of the roles "
                 f"{', '.join(self.roles)}. Ask an admin for such a key.",
             )

@@ -231,3 +231,32 @@ async def test_audit_log_shows_reads_and_key_changes(
     assert entries[-1]["actor"].endswith(":test integration")
     assert denied.status_code == 403
     assert len(keys.json()["items"]) == len(ROLES)
+
+
+async def test_integration_capture_reveals_no_lead(
+    api: httpx.AsyncClient, role_keys: dict[str, str]
+) -> None:
+    form_key = {"Authorization": f"Bearer {role_keys['integration']}"}
+    admin = {"Authorization": f"Bearer {API_KEY}"}
+    known = await api.post(
+        "/api/v1/leads",
+        json={"contact": {"email": "ada@example.com", "firstName": "Ada"}},
+        headers=admin,
+    )
+
+    again = await api.post(
+        "/api/v1/leads",
+        json={"contact": {"email": "ada@example.com"}},
+        headers=form_key,
+    )
+    new = await api.post(
+        "/api/v1/leads",
+        json={"contact": {"email": "bob@example.com"}},
+        headers=form_key,
+    )
+
+    assert known.status_code == 201
+    assert again.status_code == 202
+    assert new.status_code == 202
+    assert again.json() == {"id": known.json()["id"], "accepted": True}
+    assert set(new.json()) == {"id", "accepted"}

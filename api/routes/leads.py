@@ -16,6 +16,7 @@ from api.deps import (
     ReadLeadsDep,
     SessionDep,
     SettingsDep,
+    principal_of,
 )
 from api.errors import (
     ApiError,
@@ -135,12 +136,26 @@ def _store(
     raise AssertionError("unreachable")
 
 
+class LeadReceipt(CamelModel):
+    """What an integration key learns of a captured lead: that it was taken."""
+
+    id: str
+    accepted: bool = True
+
+
 @router.post(
     "",
     status_code=201,
-    response_model=LeadPublic,
+    response_model=LeadPublic | LeadReceipt,
     responses={
         200: {"model": LeadPublic, "description": "Duplicate: merged"},
+        202: {
+            "model": LeadReceipt,
+            "description": (
+                "Taken, for an integration key: new or merged, without the "
+                "lead's data, so a form key cannot read who is on file"
+            ),
+        },
         **ERRORS,
     },
     openapi_extra=_LEAD_BODY,
@@ -152,12 +167,19 @@ async def create_lead(
     settings: SettingsDep,
     engine: EngineDep,
     temporal: GatewayDep,
-) -> LeadPublic:
-    """Capture a lead from JSON or a web form; a known email merges into its lead."""
+) -> LeadPublic | LeadReceipt:
+    """Capture a lead from JSON or a web form; a known email merges into its lead.
+
+    People's keys get the stored lead back. An integration key gets 202 and
+    the lead's id only, the same for a new and a known address.
+    """
     payload = await _read_payload(request)
     lead, duplicate = await run_in_threadpool(_store, engine, payload, actor, settings)
     signal = BehaviorSignal(type="form_submission") if duplicate else None
     await notify_lead(temporal, settings, engine, lead.id, signal)
+    if principal_of(request).role == "integration":
+        response.status_code = 202
+        return LeadReceipt(id=lead.id)
     if duplicate:
         response.status_code = 200
     return LeadPublic.from_lead(lead, duplicate=duplicate)
