@@ -19,6 +19,7 @@ from nurture.consent import (
     parse_country_list,
     record_consent,
     send_refusal,
+    suppress,
 )
 from nurture.db import session_scope
 from nurture.journey import recommend
@@ -379,3 +380,23 @@ async def test_imported_consent_is_recorded(stack: Stack) -> None:
     (record,) = consent["records"]
     assert record["source"] == f"import:{report['id']}"
     assert consent["channels"]["email"]["canSend"] is True
+
+
+async def test_suppression_list_pages_with_total(stack: Stack) -> None:
+    with session_scope(stack.engine) as session:
+        for number in range(5):
+            suppress(
+                session, "email", f"gone{number}@example.com", "bounce", source="test"
+            )
+
+    first = (await stack.api.get("/api/v1/suppressions", params={"limit": 2})).json()
+    last = (
+        await stack.api.get("/api/v1/suppressions", params={"limit": 2, "offset": 4})
+    ).json()
+
+    assert first["total"] == 5
+    assert len(first["items"]) == 2
+    assert last["total"] == 5
+    assert len(last["items"]) == 1
+    shown = {item["address"] for item in first["items"] + last["items"]}
+    assert len(shown) == 3

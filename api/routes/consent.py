@@ -3,7 +3,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from sqlmodel import col, select
+from sqlmodel import col, func, select
 
 from api.deps import AdminDep, MarketingDep, ReadLeadsDep, SessionDep, SettingsDep
 from api.errors import ApiError, error_responses
@@ -116,10 +116,12 @@ def list_suppressions(
     if address is not None:
         normalized = address.strip().lower() if channel != "sms" else address.strip()
         query = query.where(col(Suppression.address).in_({normalized, address.strip()}))
-    rows = session.exec(
+    total = session.exec(select(func.count()).select_from(query.subquery())).one()
+    page = session.exec(
         query.order_by(col(Suppression.created_at).desc(), col(Suppression.id).desc())
+        .offset(offset)
+        .limit(limit)
     ).all()
-    page = rows[offset : offset + limit]
     return SuppressionPage(
         items=[
             SuppressionOut(
@@ -133,7 +135,7 @@ def list_suppressions(
             )
             for row in page
         ],
-        total=len(rows),
+        total=total,
     )
 
 
