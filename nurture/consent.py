@@ -96,7 +96,7 @@ def normalize_address(channel: str, address: str) -> str:
 
 
 def lead_country(lead: Lead) -> str | None:
-    """The country whose rules apply to the lead: the company's, else the phone's."""
+    """Return the country whose rules apply: the company's, else the phone's."""
     code = country_code(lead.company_country)
     if code is not None:
         return code
@@ -138,7 +138,9 @@ def record_consent(
     if channel not in CHANNELS:
         raise ValueError(f"unknown channel {channel!r}: use email or sms")
     if status not in ("opted_in", "opted_out"):
-        raise ValueError(f"unknown consent status {status!r}")
+        raise ValueError(
+            f"unknown consent status {status!r}: use opted_in or opted_out"
+        )
     at = occurred_at or utcnow()
     latest = _latest(session, lead.id, channel)
     record = ConsentRecord(
@@ -396,7 +398,7 @@ class ConsentChange(StrictCamelModel):
     @classmethod
     def _source_not_blank(cls, value: str) -> str:
         if not value.strip():
-            raise ValueError("source must not be blank: say where the change came from")
+            raise ValueError("missing source: say where the change came from")
         return value.strip()
 
 
