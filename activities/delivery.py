@@ -272,8 +272,8 @@ class DeliveryActivities:
                 count_message(stored.channel, "failed")
                 _apply_verdict(session, stored, error)
             elif not error.maybe_accepted:
-                # The provider answered, or was never reached: it does not
-                # have the message, so the next attempt sends without asking.
+                # The provider responded, or was never reached, so it does not
+                # have the message and the next attempt sends without a lookup.
                 stored.status = "queued"
             session.add(stored)
         logger.warning(
@@ -289,7 +289,7 @@ class DeliveryActivities:
 
 
 def _apply_verdict(session: Session, message: Message, error: ProviderError) -> None:
-    """Keep what a permanent error says about the address for every later send."""
+    """Suppress the address a permanent error rejected, for every later send."""
     if error.verdict is None:
         return
     suppress(

@@ -36,8 +36,8 @@ PROVIDER_TIMEOUT_SECONDS = 30
 # the number is invalid (21211), not SMS-capable (21614) or unreachable
 # (21612), or the account may not send to that region (21408).
 TWILIO_PERMANENT_CODES = frozenset({21211, 21408, 21610, 21612, 21614})
-# What each of those says about the number, for the suppression list. 21408
-# and 21612 are about the account or the route, not the person: not kept.
+# The suppression reason each code gives the number. 21408 and 21612 concern
+# the account or the route, not the person, so they suppress nothing.
 TWILIO_NUMBER_VERDICTS = {
     21610: "unsubscribed_at_provider",
     21211: "invalid_number",
@@ -91,10 +91,10 @@ class ProviderError(Exception):
         self.code = code
         self.retry_after_seconds = retry_after_seconds
         # True when the request may have reached the provider before the
-        # connection failed, so only the provider can say whether it was taken.
+        # connection failed, so only the provider can tell whether it was taken.
         self.maybe_accepted = maybe_accepted
-        # What a permanent error says about the address: invalid_address,
-        # invalid_number or unsubscribed_at_provider; None when it says nothing.
+        # The suppression reason a permanent error gives the address
+        # (invalid_address, invalid_number, unsubscribed_at_provider), or None.
         self.verdict = verdict
 
 
@@ -115,7 +115,7 @@ class Sender(Protocol):
     def find_sent(self, message: Outgoing, since: datetime) -> str | None:
         """Return the provider's id of this message if it took it after `since`.
 
-        Raises LookupUnavailable when the provider cannot answer.
+        Raises LookupUnavailable when the provider cannot look the message up.
         """
         ...
 
@@ -228,8 +228,8 @@ class SendGridEmailSender:
     def find_sent(self, message: Outgoing, since: datetime) -> str | None:
         """Ask SendGrid's Email Activity feed for the message by our message id.
 
-        The feed needs SendGrid's Email Activity add-on; without it SendGrid
-        answers 403 or 404, and this raises LookupUnavailable.
+        The feed needs SendGrid's Email Activity add-on. Without it SendGrid
+        returns 403 or 404, and this raises LookupUnavailable.
         """
         query = f"unique_args['message_id']=\"{message.message_id}\""
         try:
@@ -239,7 +239,7 @@ class SendGridEmailSender:
         except HTTPError as error:
             if error.status_code in (401, 403, 404):
                 raise LookupUnavailable(
-                    f"SendGrid's Email Activity feed answered HTTP "
+                    f"SendGrid's Email Activity feed returned HTTP "
                     f"{error.status_code}: the API key needs Email Activity access"
                 ) from None
             raise ProviderError(

@@ -178,7 +178,7 @@ class Settings(BaseSettings):
         "Nurture updates: reply STOP to unsubscribe, START to resubscribe. "
         "Msg&data rates may apply.",
         max_length=320,
-        description="The answer to HELP and INFO.",
+        description="The reply to HELP and INFO.",
     )
     unsubscribe_secret: str = Field(
         "",

@@ -90,7 +90,7 @@ def recommend(
 ) -> NextAction:
     """Pick the one thing a sales rep should do next with this lead.
 
-    `marketing_blocked` says why no marketing email or SMS may reach the lead
+    `marketing_blocked` is the reason no marketing email or SMS may reach the lead
     (opted out, suppressed), or is None when one may.
     """
     if status != "active":

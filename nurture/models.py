@@ -195,7 +195,7 @@ class Message(SQLModel, table=True):
     provider: str
     # Provider calls made for this message, and when the latest began. A row
     # left "sending" means a call may have reached the provider, so the next
-    # attempt asks the provider before it sends again.
+    # attempt looks the message up at the provider before it sends again.
     attempts: int = 0
     sending_at: datetime | None = _optional_timestamp()
     provider_message_id: str | None = Field(default=None, index=True)
@@ -332,7 +332,7 @@ class ConsentRecord(SQLModel, table=True):
     channel: str
     # "opted_in" or "opted_out".
     status: str
-    # Where the change came from: form, api, import, unsubscribe_link,
+    # The origin of the change: form, api, import, unsubscribe_link,
     # sendgrid, twilio.
     source: str
     # What proves it: the form's page and IP, the SMS keyword and its SID, the

@@ -6,7 +6,7 @@ from typing import Any
 
 
 def retry_after_seconds(headers: Any) -> float | None:
-    """Return the wait a rate-limited answer asks for, in seconds, or None.
+    """Return the wait a rate-limited response requests, in seconds, or None.
 
     Reads `Retry-After` as seconds or as an HTTP date, else SendGrid's
     `X-RateLimit-Reset`, the Unix time when the limit resets.

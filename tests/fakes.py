@@ -40,7 +40,7 @@ class Answer:
     status: int
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
-    # Seconds to wait before answering, after the request was taken.
+    # Seconds to wait before responding, after the request was read.
     delay: float = 0.0
 
 
@@ -119,9 +119,9 @@ class FakeSendGrid(FakeServer):
         super().__init__()
         # X-Message-Id values given out, in order.
         self.issued_ids: list[str] = []
-        # The mails SendGrid took (answered 202 or not), by X-Message-Id.
+        # The mails SendGrid accepted (responded 202 or not), by X-Message-Id.
         self.accepted: dict[str, dict[str, Any]] = {}
-        # Seconds to hold each accepted send before answering it.
+        # Seconds to delay the response to each accepted send.
         self.hold_seconds = 0.0
         # False: the account lacks the Email Activity add-on (answers 403).
         self.activity_feed = True

@@ -887,7 +887,7 @@ def test_consent_columns_become_capture_consent() -> None:
     assert lead.consent.text == "Ja bitte"
 
 
-def test_consent_cell_that_is_not_yes_or_no_rejects_row() -> None:
+def test_invalid_consent_cell_rejects_row() -> None:
     row = rejection(
         "Email,Mail OK\nada@example.com,maybe\n",
         columns={"Email": "contact.email", "Mail OK": "consent.email"},

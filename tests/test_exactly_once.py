@@ -123,7 +123,7 @@ async def test_interrupted_send_found_not_resent(
     activities = delivery(stack)
     run(activities, first)
     (taken,) = stack.sendgrid.accepted_for(first)
-    # The worker died after SendGrid took the mail and before the row said so.
+    # The worker died after SendGrid accepted the mail, before the row was marked.
     with session_scope(stack.engine) as session:
         message = session.get(Message, first)
         assert message is not None

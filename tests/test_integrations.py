@@ -985,6 +985,6 @@ async def test_crm_400_fails_sync_without_retry(
     assert failure.application_failure_info.non_retryable is True
     assert failure.application_failure_info.type == "CrmRejected"
     assert 'Property \\"favorite_color\\" does not exist' in failure.message
-    # The sales task that follows asks for the contact too, and is refused alike.
+    # The sales task that follows upserts the contact too, and is rejected alike.
     assert fake_hubspot.contacts == {}
     assert get_lead(stack.engine, lead_id).crm_id is None

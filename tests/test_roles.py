@@ -199,7 +199,9 @@ def test_cli_creates_lists_and_revokes(
     finally:
         get_settings.cache_clear()
 
-    assert "marketer" in listing and "Spring" in listing and key not in listing
+    assert "marketer" in listing
+    assert "Spring" in listing
+    assert key not in listing
     with session_scope(engine) as session:
         assert authenticate(session, key) is None
 

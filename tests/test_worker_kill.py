@@ -84,7 +84,7 @@ async def test_worker_killed_during_send_sends_once(
     async with stack_factory(in_process=("main", "score")) as stack:
         env = settings_env(stack.settings, address)
         log = tmp_path / "send-worker.log"
-        # SendGrid takes the mail, then holds the answer until the worker is gone.
+        # SendGrid accepts the mail, then delays its response until the worker exits.
         stack.sendgrid.hold_seconds = 60
         send_workers.append(SendWorker(env, log))
         await create_campaign(stack)

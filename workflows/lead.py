@@ -170,8 +170,8 @@ class LeadWorkflow:
                 retry_policy=CRM_RETRY,
             )
         except ActivityError as error:
-            # The CRM refused the lead for good (a property it lacks, a value
-            # it rejects): the lead's journey goes on, and the log says why.
+            # The CRM rejected the lead for good (a property it lacks, a value
+            # it rejects). The lead's journey goes on, and the warning logs why.
             workflow.logger.warning(
                 "CRM sync of lead %s failed: %s", self._state.lead_id, error
             )

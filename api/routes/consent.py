@@ -14,6 +14,7 @@ from nurture.consent import (
     ConsentView,
     consent_view,
     leads_with_address,
+    normalize_address,
     record_consent,
 )
 from nurture.models import AuditEntry, Suppression
@@ -114,8 +115,10 @@ def list_suppressions(
     if channel is not None:
         query = query.where(Suppression.channel == channel)
     if address is not None:
-        normalized = address.strip().lower() if channel != "sms" else address.strip()
-        query = query.where(col(Suppression.address).in_({normalized, address.strip()}))
+        # Without a channel, the address may be an email or a phone number.
+        channels = (channel,) if channel else ("email", "sms")
+        forms = {normalize_address(name, address) for name in channels}
+        query = query.where(col(Suppression.address).in_(forms))
     total = session.exec(select(func.count()).select_from(query.subquery())).one()
     page = session.exec(
         query.order_by(col(Suppression.created_at).desc(), col(Suppression.id).desc())

@@ -137,7 +137,7 @@ def _store(
 
 
 class LeadReceipt(CamelModel):
-    """What an integration key learns of a captured lead: that it was taken."""
+    """The response to an integration key: the captured lead's id only."""
 
     id: str
     accepted: bool = True

@@ -111,7 +111,7 @@ def _unsubscribe(
 def confirm_unsubscribe(
     token: str, settings: SettingsDep, engine: EngineDep
 ) -> HTMLResponse:
-    """Show the page that asks the reader to confirm with one button."""
+    """Show the page where the reader confirms with one button."""
     links = UnsubscribeLinks(settings.signing_secret, settings.public_base_url)
     try:
         lead_id, _message_id = links.verify(token)
