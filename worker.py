@@ -22,7 +22,16 @@ from wsgiref.simple_server import WSGIServer
 
 import sqlalchemy as sa
 from prometheus_client import start_http_server
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+)
 from temporalio.runtime import (
     LogForwardingConfig,
     LoggingConfig,
@@ -31,10 +40,10 @@ from temporalio.runtime import (
     TelemetryConfig,
     TelemetryFilter,
 )
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
 from activities.delivery import DeliveryActivities
-from activities.journeys import JourneyActivities
+from activities.journeys import JourneyActivities, SplitWinnerCheckInput
 from activities.leads import LeadActivities
 from activities.messaging import MessagingActivities
 from activities.providers import (
@@ -49,20 +58,21 @@ from activities.scoring import ScoringActivities
 from nurture.config import DATA_DIR, Settings, get_settings
 from nurture.crm import crm_task_sender_for
 from nurture.db import create_db_engine, migrate
-from nurture.logs import configure_logging
+from nurture.logs import LogIdsInterceptor, configure_logging
 from nurture.rendering import TemplateRenderer
 from nurture.temporal import connect, ensure_search_attributes
 from nurture.twilio_events import status_callback_url
 from nurture.unsubscribe import UnsubscribeLinks
 from workflows.lead import LeadWorkflow
-from workflows.nurture import NurtureWorkflow
+from workflows.nurture import NurtureWorkflow, SplitWinnerWorkflow
 from workflows.training import ModelTrainingWorkflow, RescoreAllWorkflow
 
 logger = logging.getLogger("nurture.worker")
 
-ACTIVITY_THREADS = 20
 # On shutdown, activities in progress get this long to finish before cancelling.
 GRACEFUL_SHUTDOWN = timedelta(seconds=20)
+# How often the schedule checks the winner rules of the splits.
+SPLIT_WINNER_CHECK_EVERY = timedelta(minutes=15)
 
 
 def email_sender_for(settings: Settings) -> EmailSender:
@@ -96,8 +106,13 @@ def build_workers(
     email_sender: EmailSender | None = None,
     sms_sender: SmsSender | None = None,
     fail_workflow_on_bug: bool = False,
+    activity_slots: int | None = None,
 ) -> dict[str, list[Worker]]:
     """Build the main, send and score workers for the configured task queues.
+
+    `activity_slots` caps the activities that the main worker and each send
+    worker take at once; `executor` needs at least that many threads. None
+    leaves the Temporal SDK's default, 100.
 
     By default a bug in workflow code fails the workflow task, which Temporal
     retries until a fixed worker is deployed. Tests set `fail_workflow_on_bug`
@@ -126,9 +141,11 @@ def build_workers(
     main = Worker(
         client,
         task_queue=settings.task_queue,
+        interceptors=[LogIdsInterceptor()],
         workflows=[
             LeadWorkflow,
             NurtureWorkflow,
+            SplitWinnerWorkflow,
             ModelTrainingWorkflow,
             RescoreAllWorkflow,
         ],
@@ -144,8 +161,17 @@ def build_workers(
             journeys.plan_send,
             journeys.next_local_time,
             journeys.record_migration,
+            journeys.assign_variant,
+            journeys.decide_split_winners,
         ],
         activity_executor=executor,
+        max_concurrent_activities=activity_slots,
+        max_concurrent_workflow_tasks=settings.worker_max_concurrent_workflow_tasks,
+        max_cached_workflows=settings.worker_max_cached_workflows,
+        workflow_task_poller_behavior=PollerBehaviorSimpleMaximum(
+            maximum=settings.worker_max_concurrent_workflow_task_polls
+        ),
+        nonsticky_to_sticky_poll_ratio=settings.worker_nonsticky_to_sticky_poll_ratio,
         graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         workflow_failure_exception_types=[Exception] if fail_workflow_on_bug else [],
     )
@@ -157,7 +183,9 @@ def build_workers(
             client,
             task_queue=queue,
             activities=[delivery.deliver_message],
+            interceptors=[LogIdsInterceptor()],
             activity_executor=executor,
+            max_concurrent_activities=activity_slots,
             max_task_queue_activities_per_second=rate,
             graceful_shutdown_timeout=GRACEFUL_SHUTDOWN,
         )
@@ -185,6 +213,40 @@ def build_workers(
 
 
 QUEUES = ("main", "send", "score")
+
+
+def split_winner_schedule_id(settings: Settings) -> str:
+    return f"split-winners-{settings.task_queue}"
+
+
+async def ensure_split_winner_schedule(client: Client, settings: Settings) -> None:
+    """Create the schedule that checks split winner rules, unless it exists.
+
+    Every worker process calls this at start; the first one creates it.
+    """
+    schedule_id = split_winner_schedule_id(settings)
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            SplitWinnerWorkflow.run,
+            SplitWinnerCheckInput(),
+            id=schedule_id,
+            task_queue=settings.task_queue,
+        ),
+        spec=ScheduleSpec(
+            intervals=[ScheduleIntervalSpec(every=SPLIT_WINNER_CHECK_EVERY)]
+        ),
+        # A check still running when the next is due makes that one redundant.
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    try:
+        await client.create_schedule(schedule_id, schedule)
+    except ScheduleAlreadyRunningError:
+        return
+    logger.info(
+        "schedule %s created: split winner check every %s",
+        schedule_id,
+        SPLIT_WINNER_CHECK_EVERY,
+    )
 
 
 def split_address(address: str, setting: str) -> tuple[str, int]:
@@ -244,15 +306,23 @@ async def run(settings: Settings, queues: tuple[str, ...] = QUEUES) -> None:
         settings.worker_app_metrics_address or "(off)",
     )
     migrate(settings.database_url)
-    engine = create_db_engine(settings.database_url)
+    engine = create_db_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     client = await connect(settings)
     await ensure_search_attributes(client)
+    await ensure_split_winner_schedule(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    with ThreadPoolExecutor(max_workers=ACTIVITY_THREADS) as executor:
-        built = build_workers(client, settings, engine, executor)
+    threads = settings.worker_max_concurrent_activities
+    with ThreadPoolExecutor(max_workers=threads) as executor:
+        built = build_workers(
+            client, settings, engine, executor, activity_slots=threads
+        )
         workers = [worker for name in queues for worker in built[name]]
         logger.info(
             "worker polling %s on %s",

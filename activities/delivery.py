@@ -21,6 +21,7 @@ A message goes to its provider at most once:
    `unconfirmed` and nothing is resent.
 """
 
+import contextlib
 import contextvars
 import logging
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from nurture.consent import (
 )
 from nurture.contracts import DeliverMessageInput, DeliveryResult
 from nurture.db import session_scope
+from nurture.logs import log_context
 from nurture.metrics import count_message
 from nurture.models import Lead, Message, utcnow
 from nurture.unsubscribe import UnsubscribeLinks
@@ -84,6 +86,12 @@ class DeliveryActivities:
     @activity.defn
     def deliver_message(self, input: DeliverMessageInput) -> DeliveryResult:
         """Send an outbox message through its channel's provider, at most once."""
+        with contextlib.ExitStack() as log_ids:
+            return self._deliver(input, log_ids)
+
+    def _deliver(
+        self, input: DeliverMessageInput, log_ids: contextlib.ExitStack
+    ) -> DeliveryResult:
         with session_scope(self.engine) as session:
             message = session.get(Message, input.message_id)
             if message is None:
@@ -92,6 +100,10 @@ class DeliveryActivities:
                     type="MessageNotFound",
                     non_retryable=True,
                 )
+            # The rest of the delivery logs with the message's lead and campaign.
+            log_ids.enter_context(
+                log_context(lead_id=message.lead_id, campaign_id=message.campaign_id)
+            )
             if message.status not in ("queued", "sending"):
                 return _result(message)
             sender = self.senders[message.channel]

@@ -4,11 +4,13 @@ import logging
 from datetime import datetime
 
 import sqlalchemy as sa
+from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.leads import load_lead
+from nurture.analytics.splits import decide_winners
 from nurture.conditions import ConditionError, evaluate, parse_condition
 from nurture.config import Settings
 from nurture.contracts import (
@@ -20,7 +22,15 @@ from nurture.contracts import (
 )
 from nurture.db import session_scope
 from nurture.lead_facts import build_facts
-from nurture.models import Campaign, Enrollment, Lead, Message
+from nurture.models import (
+    Campaign,
+    Enrollment,
+    Lead,
+    Message,
+    SplitAssignment,
+    SplitDecision,
+    utcnow,
+)
 from nurture.sendtime import (
     at_hour,
     best_send_hour,
@@ -33,6 +43,36 @@ logger = logging.getLogger(__name__)
 
 # Opens looked at for send-time optimization, newest first.
 MAX_OPENS = 200
+
+
+# NOTE: these four models belong in nurture/contracts.py with the other
+# Temporal inputs; they live here until that file is free to change.
+class AssignVariantInput(BaseModel):
+    """An enrollment at a split step, and the variant its weighted draw gave."""
+
+    enrollment_id: str
+    campaign_id: str
+    campaign_version: int
+    step: str
+    drawn: str
+    variants: list[str]
+    at: datetime
+
+
+class AssignedVariant(BaseModel):
+    variant: str
+    # True when the split's winner decision chose it instead of the draw.
+    by_winner: bool = False
+
+
+class SplitWinnerCheckInput(BaseModel):
+    # The decision time to store; the workflow sets its own clock.
+    now: datetime | None = None
+
+
+class SplitWinnerCheckResult(BaseModel):
+    # "<campaign id>/<step id>: <winner>" for each decision made.
+    decided: list[str] = Field(default_factory=list)
 
 
 class JourneyActivities:
@@ -140,3 +180,86 @@ class JourneyActivities:
             )
             enrollment.campaign_version = input.campaign_version
             session.add(enrollment)
+
+    @activity.defn
+    def assign_variant(self, input: AssignVariantInput) -> AssignedVariant:
+        """Store the variant an enrollment takes at a split, once per step.
+
+        The split's winner, once a decision names a variant that this
+        version still has, else the weighted draw. An enrollment that passes
+        the same split again keeps its stored variant.
+        """
+        with session_scope(self.engine) as session:
+            stored = self._stored_variant(session, input)
+            if stored is not None:
+                return stored
+            decision = session.exec(
+                select(SplitDecision).where(
+                    SplitDecision.campaign_id == input.campaign_id,
+                    SplitDecision.step_id == input.step,
+                )
+            ).first()
+            by_winner = decision is not None and decision.winner in input.variants
+            variant = decision.winner if decision and by_winner else input.drawn
+            try:
+                with session.begin_nested():
+                    session.add(
+                        SplitAssignment(
+                            enrollment_id=input.enrollment_id,
+                            campaign_id=input.campaign_id,
+                            campaign_version=input.campaign_version,
+                            step_id=input.step,
+                            variant=variant,
+                            by_winner=by_winner,
+                            assigned_at=input.at,
+                        )
+                    )
+            except sa.exc.IntegrityError:
+                # A retry of this activity stored it a moment ago, unless the
+                # enrollment row is missing: then the activity fails and retries.
+                stored = self._stored_variant(session, input)
+                if stored is None:
+                    raise
+                return stored
+        if by_winner:
+            logger.info(
+                "enrollment %s takes variant %s at %s: the split's winner",
+                input.enrollment_id,
+                variant,
+                input.step,
+            )
+        return AssignedVariant(variant=variant, by_winner=by_winner)
+
+    def _stored_variant(
+        self, session: Session, input: AssignVariantInput
+    ) -> AssignedVariant | None:
+        stored = session.exec(
+            select(SplitAssignment).where(
+                SplitAssignment.enrollment_id == input.enrollment_id,
+                SplitAssignment.step_id == input.step,
+            )
+        ).first()
+        if stored is None:
+            return None
+        return AssignedVariant(variant=stored.variant, by_winner=stored.by_winner)
+
+    @activity.defn
+    def decide_split_winners(
+        self, input: SplitWinnerCheckInput
+    ) -> SplitWinnerCheckResult:
+        """Check the winner rule of every undecided split and store what fires."""
+        with self.engine.begin() as connection:
+            decisions = decide_winners(connection, input.now or utcnow())
+        decided = []
+        for decision in decisions:
+            logger.info(
+                "split %s of campaign %s decided: %s wins against control %s",
+                decision["step_id"],
+                decision["campaign_id"],
+                decision["winner"],
+                decision["control"],
+            )
+            decided.append(
+                f"{decision['campaign_id']}/{decision['step_id']}: {decision['winner']}"
+            )
+        return SplitWinnerCheckResult(decided=decided)

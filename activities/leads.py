@@ -33,15 +33,24 @@ from nurture.models import (
     Lead,
     utcnow,
 )
+from nurture.privacy import is_erased
 
 logger = logging.getLogger(__name__)
 
 
 def load_lead(session: Session, lead_id: str) -> Lead:
-    lead = session.get(Lead, lead_id)
+    return _present(session.get(Lead, lead_id), lead_id)
+
+
+def _present(lead: Lead | None, lead_id: str) -> Lead:
+    """The lead, or a non-retryable error when it is gone or was erased."""
     if lead is None:
         raise ApplicationError(
             f"lead {lead_id} not found", type="LeadNotFound", non_retryable=True
+        )
+    if is_erased(lead):
+        raise ApplicationError(
+            f"lead {lead_id} was erased", type="LeadErased", non_retryable=True
         )
     return lead
 
@@ -57,11 +66,7 @@ def lock_lead(session: Session, lead_id: str) -> Lead:
     lead = session.exec(
         select(Lead).where(Lead.id == lead_id).with_for_update()
     ).first()
-    if lead is None:
-        raise ApplicationError(
-            f"lead {lead_id} not found", type="LeadNotFound", non_retryable=True
-        )
-    return lead
+    return _present(lead, lead_id)
 
 
 def active_campaigns(session: Session) -> list[tuple[Campaign, CampaignVersion]]:

@@ -75,7 +75,9 @@ class ScoringActivities:
             ids = list(
                 session.exec(
                     select(Lead.id)
-                    .where(col(Lead.outcome).is_not(None))
+                    # An erased lead's features are blank: it would teach
+                    # the model nothing true.
+                    .where(col(Lead.outcome).is_not(None), col(Lead.status) != "erased")
                     .order_by(col(Lead.created_at), col(Lead.id))
                 ).all()
             )

@@ -7,19 +7,29 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.concurrency import run_in_threadpool
 from starlette.routing import BaseRoute
 from temporalio.client import Client
 
-from api.deps import RoleCheck, TemporalGateway, resolve_principal
-from api.errors import ApiError, error_response, install_error_handlers
+from api.deps import RoleCheck, TemporalGateway
+from api.errors import (
+    ApiError,
+    database_unavailable_response,
+    document_errors,
+    error_response,
+    install_error_handlers,
+)
 from api.routes import (
+    analytics,
     audit,
     campaigns,
     codec,
     consent,
+    dashboard,
     events,
     health,
     imports,
@@ -28,14 +38,16 @@ from api.routes import (
     leads,
     lifecycle,
     outcomes,
+    privacy,
     scoring,
     unsubscribe,
     webhooks,
 )
+from api.throttle import BodySizeLimit, RateLimits
 from api.workflow_calls import reconcile_forever
 from nurture.config import Settings, get_settings
-from nurture.db import create_db_engine, migrate
-from nurture.logs import RequestIdMiddleware, configure_logging
+from nurture.db import create_db_engine, is_database_unavailable, migrate
+from nurture.logs import RequestIdMiddleware, configure_logging, log_context
 from nurture.metrics import HttpMetricsMiddleware
 from nurture.rendering import TemplateRenderer
 from nurture.unsubscribe import UNSUBSCRIBE_PATH
@@ -91,6 +103,7 @@ def create_app(
             "TWILIO_AUTH_TOKEN is empty: every Twilio webhook request gets 403"
         )
     app = FastAPI(
+        dependencies=[Depends(bind_path_ids)],
         title="nurture",
         version="0.1.0",
         summary="Capture, score and nurture leads on Temporal, and hand them to sales.",
@@ -103,6 +116,7 @@ def create_app(
     app.state.sendgrid_verifier = verifier
     # CSV imports running in the background; held so they are not collected.
     app.state.background_tasks = set()
+    app.state.rate_limits = RateLimits(settings)
     install_error_handlers(app)
 
     @app.middleware("http")
@@ -113,16 +127,20 @@ def create_app(
         path = request.url.path
         if path.startswith(PROTECTED_PREFIX) and not path.startswith(PUBLIC_PREFIXES):
             try:
+                # The Bearer key, else the dashboard's session cookie (GET, HEAD).
                 request.state.principal = await run_in_threadpool(
-                    resolve_principal,
-                    request.headers.get("authorization"),
-                    settings,
-                    app.state.engine,
+                    dashboard.request_principal, request, settings, app.state.engine
                 )
             except ApiError as error:
                 return error_response(error)
+            except (DBAPIError, PoolTimeoutError) as error:
+                if not is_database_unavailable(error):
+                    raise
+                return database_unavailable_response(request, error)
         return await call_next(request)
 
+    # Inside the metrics and the request id, so a 413 is counted and logged.
+    app.add_middleware(BodySizeLimit, settings=settings)
     # Outside the key check, so 401s are counted and logged with a request id.
     app.add_middleware(HttpMetricsMiddleware)
     app.add_middleware(RequestIdMiddleware)
@@ -144,10 +162,25 @@ def create_app(
         codec,
         keys,
         audit,
+        privacy,
+        analytics,
     ):
         _document_roles(module.router.routes)
+        document_errors(module.router.routes, PROTECTED_PREFIX, PUBLIC_PREFIXES)
         app.include_router(module.router)
+    dashboard.install(app)
     return app
+
+
+async def bind_path_ids(request: Request) -> AsyncIterator[None]:
+    """Put the lead, campaign or message id in the path on the request's logs."""
+    params = request.path_params
+    with log_context(
+        lead_id=params.get("lead_id"),
+        campaign_id=params.get("campaign_id"),
+        message_id=params.get("message_id"),
+    ):
+        yield
 
 
 def route_roles(route: APIRoute) -> tuple[str, ...] | None:
@@ -188,6 +221,8 @@ def main() -> None:
         host=settings.api_host,
         port=settings.api_port,
         log_config=None,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
 
 

@@ -28,6 +28,10 @@ class TemporalUnavailable(ApiError):
         )
 
 
+# How long a request waits for a first connection to Temporal.
+CONNECT_TIMEOUT_SECONDS = 5
+
+
 class TemporalGateway:
     """Connects to Temporal on first use, so the API starts even while it is down."""
 
@@ -42,8 +46,10 @@ class TemporalGateway:
         async with self._lock:
             if self._client is None:
                 try:
-                    self._client = await connect(self.settings)
-                except (RuntimeError, RPCError) as error:
+                    self._client = await asyncio.wait_for(
+                        connect(self.settings), CONNECT_TIMEOUT_SECONDS
+                    )
+                except (RuntimeError, RPCError, TimeoutError) as error:
                     raise TemporalUnavailable(
                         self.settings.temporal_address, error
                     ) from None

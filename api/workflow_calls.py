@@ -24,8 +24,14 @@ from nurture.contracts import (
     LeadWorkflowInput,
     NurtureState,
 )
-from nurture.db import session_scope
+from nurture.db import is_database_unavailable, session_scope
 from nurture.models import Lead, utcnow
+from nurture.privacy import (
+    ERASED,
+    delete_lead_workflows,
+    finish_erasure,
+    pending_erasures,
+)
 from nurture.temporal import LEAD_ID, lead_workflow_id
 from workflows.lead import LeadWorkflow
 from workflows.nurture import NurtureWorkflow
@@ -36,6 +42,10 @@ RECONCILE_INTERVAL_SECONDS = 15
 # A lead younger than this may still have its start in flight in a request.
 RECONCILE_GRACE = timedelta(seconds=10)
 RECONCILE_BATCH = 200
+# Deadlines of the API's calls to Temporal, retries included, so a request
+# waits this long at most while Temporal is down: a web form should not hang.
+START_TIMEOUT = timedelta(seconds=3)
+QUERY_TIMEOUT = timedelta(seconds=5)
 
 
 async def signal_lead(
@@ -56,6 +66,7 @@ async def signal_lead(
             task_queue=settings.task_queue,
             search_attributes=search_attributes,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            rpc_timeout=START_TIMEOUT,
         )
     else:
         await client.start_workflow(
@@ -66,15 +77,19 @@ async def signal_lead(
             search_attributes=search_attributes,
             start_signal="behavior",
             start_signal_args=[signal],
+            rpc_timeout=START_TIMEOUT,
         )
 
 
 def mark_synced(engine: sa.Engine, lead_id: str, synced: bool) -> None:
-    with session_scope(engine) as session:
-        lead = session.get(Lead, lead_id)
-        if lead is not None:
-            lead.workflow_synced_at = utcnow() if synced else None
-            session.add(lead)
+    # A single UPDATE without reading the lead first, because this runs after
+    # every lead capture and event.
+    with engine.begin() as connection:
+        connection.execute(
+            sa.update(Lead)
+            .where(col(Lead.id) == lead_id)
+            .values(workflow_synced_at=utcnow() if synced else None)
+        )
 
 
 async def notify_lead(
@@ -111,7 +126,7 @@ async def signal_enrollment(
     try:
         client = await gateway.client()
         await client.get_workflow_handle(workflow_id).signal(
-            NurtureWorkflow.engagement, signal
+            NurtureWorkflow.engagement, signal, rpc_timeout=START_TIMEOUT
         )
     except TemporalUnavailable as error:
         logger.warning(
@@ -131,7 +146,7 @@ async def signal_enrollment(
 async def query_lead(client: Client, lead_id: str) -> LeadState | None:
     try:
         return await client.get_workflow_handle(lead_workflow_id(lead_id)).query(
-            LeadWorkflow.state
+            LeadWorkflow.state, rpc_timeout=QUERY_TIMEOUT
         )
     except RPCError as error:
         if error.status == RPCStatusCode.NOT_FOUND:
@@ -142,7 +157,7 @@ async def query_lead(client: Client, lead_id: str) -> LeadState | None:
 async def query_enrollment(client: Client, workflow_id: str) -> NurtureState | None:
     try:
         return await client.get_workflow_handle(workflow_id).query(
-            NurtureWorkflow.state
+            NurtureWorkflow.state, rpc_timeout=QUERY_TIMEOUT
         )
     except WorkflowQueryFailedError as error:
         logger.warning("query of %s failed: %s", workflow_id, error)
@@ -161,10 +176,21 @@ def _unsynced_leads(engine: sa.Engine) -> list[str]:
                 .where(
                     col(Lead.workflow_synced_at).is_(None),
                     col(Lead.created_at) < utcnow() - RECONCILE_GRACE,
+                    col(Lead.status) != ERASED,
                 )
                 .order_by(col(Lead.created_at))
                 .limit(RECONCILE_BATCH)
             ).all()
+        )
+
+
+def _still_unsynced(engine: sa.Engine, lead_id: str) -> bool:
+    with session_scope(engine) as session:
+        lead = session.get(Lead, lead_id)
+        return (
+            lead is not None
+            and lead.workflow_synced_at is None
+            and lead.status != ERASED
         )
 
 
@@ -175,6 +201,10 @@ async def reconcile_once(
     lead_ids = await run_in_threadpool(_unsynced_leads, engine)
     done = 0
     for lead_id in lead_ids:
+        # The list may be minutes old when Temporal is slow; a lead erased or
+        # synced since then is left alone.
+        if not await run_in_threadpool(_still_unsynced, engine, lead_id):
+            continue
         signal = BehaviorSignal(type="resync")
         if await notify_lead(gateway, settings, engine, lead_id, signal):
             done += 1
@@ -185,6 +215,19 @@ async def reconcile_once(
     return done
 
 
+async def finish_erasures(gateway: TemporalGateway, engine: sa.Engine) -> int:
+    """Delete the workflows of erasures that found Temporal down."""
+    pending = await run_in_threadpool(pending_erasures, engine)
+    if not pending:
+        return 0
+    client = await gateway.client()
+    for erasure_id, lead_id, workflow_ids in pending:
+        workflows = await delete_lead_workflows(client, lead_id, workflow_ids)
+        await run_in_threadpool(finish_erasure, engine, erasure_id, workflows, None)
+    logger.info("reconciler: %d erasures finished in Temporal", len(pending))
+    return len(pending)
+
+
 async def reconcile_forever(
     gateway: TemporalGateway, settings: Settings, engine: sa.Engine
 ) -> None:
@@ -192,7 +235,15 @@ async def reconcile_forever(
         await asyncio.sleep(RECONCILE_INTERVAL_SECONDS)
         try:
             await reconcile_once(gateway, settings, engine)
-        except Exception:
+            await finish_erasures(gateway, engine)
+        except Exception as error:
+            if is_database_unavailable(error):
+                logger.warning(
+                    "reconciler pass failed, database unreachable: %s; retrying in %ss",
+                    str(error).splitlines()[0],
+                    RECONCILE_INTERVAL_SECONDS,
+                )
+                continue
             logger.exception(
                 "reconciler pass failed; retrying in %ss", RECONCILE_INTERVAL_SECONDS
             )

@@ -277,6 +277,24 @@ def _template_problems(steps: list[Any], renderer: TemplateRenderer) -> list[Pro
     return problems
 
 
+def _winner_problems(raw: dict[str, Any], steps: list[Any]) -> list[Problem]:
+    """Find winner rules in a campaign without goals, which they need to count."""
+    if raw.get("goals"):
+        return []
+    return [
+        Problem(
+            f"sequence[{index}].winner",
+            "a winner rule compares how often each variant reaches a campaign "
+            "goal, so the campaign needs at least one entry in goals",
+            "winner_without_goal",
+        )
+        for index, step in enumerate(steps)
+        if isinstance(step, dict)
+        and step.get("type") == "split"
+        and step.get("winner") is not None
+    ]
+
+
 def check_campaign(
     raw: Any, renderer: TemplateRenderer
 ) -> tuple[CampaignSpec | None, list[Problem]]:
@@ -291,5 +309,6 @@ def check_campaign(
     if isinstance(steps, list) and steps:
         problems += _shape_problems(steps)
         problems += _template_problems(steps, renderer)
+        problems += _winner_problems(raw, steps)
     unique = list(dict.fromkeys(problems))
     return (spec if not unique else None), unique

@@ -191,9 +191,44 @@ class Variant(StrictCamelModel):
     next: str | None = None
 
 
+# The z-test behind the winner rule relies on the normal approximation, which
+# is poor on fewer leads than this.
+MIN_LEADS_PER_VARIANT = 30
+
+
+class WinnerRule(StrictCamelModel):
+    """Rule for when a split stops drawing and sends every new lead to its winner."""
+
+    min_leads_per_variant: int = Field(
+        description="Leads each variant must have drawn before the rule is checked.",
+        le=10_000_000,
+    )
+    significance: float = Field(
+        0.05,
+        gt=0,
+        le=0.2,
+        description="Two-sided significance level of the z-test against control.",
+    )
+
+    @field_validator("min_leads_per_variant")
+    @classmethod
+    def _enough_leads(cls, value: int) -> int:
+        if value < MIN_LEADS_PER_VARIANT:
+            raise ValueError(
+                f"minLeadsPerVariant must be at least {MIN_LEADS_PER_VARIANT}, "
+                f"got {value}: the z-test's normal approximation is unreliable "
+                "on fewer leads"
+            )
+        return value
+
+
 class SplitStep(StepBase):
     type: Literal["split"]
     variants: list[Variant] = Field(min_length=2, max_length=20)
+    winner: WinnerRule | None = Field(
+        None,
+        description="Decide a winner automatically; the first variant is the control.",
+    )
 
     @field_validator("variants")
     @classmethod

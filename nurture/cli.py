@@ -9,6 +9,8 @@ import argparse
 import sys
 from datetime import timedelta
 
+import sqlalchemy as sa
+
 from nurture.config import get_settings
 from nurture.db import create_db_engine, migrate, session_scope
 from nurture.keys import ROLES, ApiKeyOut, create_key, list_keys, revoke_key
@@ -89,8 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "keys" and args.action == "create" and args.expires_in_days:
         if args.expires_in_days < 1:
             parser.error("--expires-in-days must be 1 or more")
-    migrate(get_settings().database_url)
-    result: int = args.run(args)
+    database_url = get_settings().database_url
+    try:
+        migrate(database_url)
+        result: int = args.run(args)
+    except sa.exc.OperationalError as error:
+        reason = str(error.orig or error).strip().splitlines()[0]
+        print(  # noqa: T201
+            f"nurture: the database is unreachable ({reason}); check DATABASE_URL "
+            "and that the database runs, then try again",
+            file=sys.stderr,
+        )
+        return 2
     return result
 
 

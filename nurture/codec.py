@@ -24,7 +24,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.converter import DataConverter, PayloadCodec
+from temporalio.converter import (
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    PayloadCodec,
+)
 
 SETTING = "PAYLOAD_ENCRYPTION_KEYS"
 ENCODING = b"binary/encrypted"
@@ -154,8 +158,17 @@ def payload_codec(keys_setting: str) -> EncryptionCodec | None:
 
 
 def data_converter(keys_setting: str) -> DataConverter:
-    """Return the pydantic data converter, encrypting payloads when keys are set."""
+    """Return the pydantic data converter, encrypting payloads when keys are set.
+
+    With keys, failure messages and stack traces are encrypted too: they go
+    into the failure's encoded attributes, and the history shows only
+    "Encoded failure". Error texts can quote an address or a provider's reply.
+    """
     codec = payload_codec(keys_setting)
     if codec is None:
         return pydantic_data_converter
-    return dataclasses.replace(pydantic_data_converter, payload_codec=codec)
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=codec,
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )

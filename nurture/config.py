@@ -6,6 +6,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+import limits
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -187,6 +188,14 @@ class Settings(BaseSettings):
             "same value. Required in production."
         ),
     )
+    dashboard_session_hours: float = Field(
+        12.0,
+        gt=0,
+        le=24 * 30,
+        description=(
+            "Hours a dashboard sign-in lasts before the key must be pasted again."
+        ),
+    )
     email_opt_in_countries: str = Field(
         "AT,BE,BG,CY,CZ,DE,DK,EE,ES,FI,FR,GR,HR,HU,IE,IS,IT,LI,LT,LU,LV,MT,NL,"
         "NO,PL,PT,RO,SE,SI,SK,GB,CH,CA,AU,NZ",
@@ -215,6 +224,113 @@ class Settings(BaseSettings):
             "HOST:PORT where each worker process serves nurture's own Prometheus "
             "metrics (nurture_*, e.g. messages sent) at /metrics. Empty: off."
         ),
+    )
+    worker_max_concurrent_workflow_tasks: int = Field(
+        100,
+        ge=2,
+        description=(
+            "Workflow tasks a worker process runs at once (the Temporal SDK's "
+            "default is 100)."
+        ),
+    )
+    worker_max_concurrent_workflow_task_polls: int = Field(
+        5,
+        ge=2,
+        description=(
+            "Workflow task polls a worker process keeps open at once (the "
+            "Temporal SDK's default is 5)."
+        ),
+    )
+    worker_nonsticky_to_sticky_poll_ratio: float = Field(
+        0.2,
+        gt=0,
+        le=1,
+        description=(
+            "Share of those polls that ask the shared task queue, where new "
+            "workflows and evicted ones arrive; the rest ask the worker's "
+            "sticky queue. At least one poll each (the SDK's default is 0.2)."
+        ),
+    )
+    worker_max_concurrent_activities: int = Field(
+        20,
+        ge=1,
+        description=(
+            "Threads of a worker process's activity pool, and the most "
+            "activities each of its task queues takes at once (the score "
+            "queue takes 2)."
+        ),
+    )
+    worker_max_cached_workflows: int = Field(
+        1000,
+        ge=0,
+        description=(
+            "Sticky cache: workflows a worker process keeps in memory between "
+            "tasks, so the next task needs no replay of the history. 0 turns "
+            "it off (the Temporal SDK's default is 1000)."
+        ),
+    )
+    database_pool_size: int = Field(
+        5,
+        ge=1,
+        description=(
+            "Connections a worker process keeps open to the database "
+            "(SQLAlchemy's default is 5)."
+        ),
+    )
+    database_max_overflow: int = Field(
+        10,
+        ge=0,
+        description=(
+            "Connections a worker process may open beyond DATABASE_POOL_SIZE "
+            "under load, closed again when returned (SQLAlchemy's default is 10)."
+        ),
+    )
+
+    rate_limit_capture: str = Field(
+        "120/minute",
+        description=(
+            "Requests per client IP address to lead capture and events with an "
+            "integration key (web forms), e.g. 120/minute. Empty: no limit."
+        ),
+    )
+    rate_limit_webhooks: str = Field(
+        "1200/minute",
+        description=(
+            "Requests per client IP address to the provider webhooks. Empty: no limit."
+        ),
+    )
+    rate_limit_unsubscribe: str = Field(
+        "30/minute",
+        description=(
+            "Requests per client IP address to unsubscribe links. Empty: no limit."
+        ),
+    )
+    rate_limit_storage_uri: str = Field(
+        "memory://",
+        description=(
+            "Where rate-limit counters live. memory:// counts in each API "
+            "process; redis://HOST:6379 (with the redis package) shares them."
+        ),
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        description=(
+            "Proxies whose X-Forwarded-For the API trusts as the client's "
+            "address, comma-separated, or * for any (uvicorn's setting)."
+        ),
+    )
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest request body of most routes."
+    )
+    max_form_body_bytes: int = Field(
+        65_536,
+        ge=1024,
+        description=(
+            "Largest request body of lead capture, events and unsubscribe links."
+        ),
+    )
+    max_import_bytes: int = Field(
+        536_870_912, ge=1024, description="Largest CSV file a lead import takes."
     )
 
     @model_validator(mode="after")
@@ -258,6 +374,21 @@ class Settings(BaseSettings):
     @classmethod
     def _check_payload_keys(cls, value: str) -> str:
         parse_encryption_keys(value)
+        return value
+
+    @field_validator(
+        "rate_limit_capture", "rate_limit_webhooks", "rate_limit_unsubscribe"
+    )
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        if value.strip():
+            try:
+                limits.parse(value)
+            except ValueError:
+                raise ValueError(
+                    f"{value!r} is not a rate limit: write COUNT/PERIOD, e.g. "
+                    "120/minute or 10/second, or leave it empty for no limit"
+                ) from None
         return value
 
     @field_validator("frequency_caps")

@@ -294,6 +294,8 @@ def send_refusal(
     """
     if channel not in CHANNELS:
         return None
+    if lead.status == "erased":
+        return "lead was erased: nothing may be sent"
     if lead.status == "closed":
         return "lead is closed: do not contact"
     address = lead.email if channel == "email" else lead.phone

@@ -18,6 +18,18 @@ logger = logging.getLogger(__name__)
 # Any fixed number works: it only has to be the same in every process that
 # migrates the same PostgreSQL database.
 _MIGRATION_LOCK_ID = 7_301_202
+# libpq connection parameters that make a request or activity fail within
+# seconds, not minutes, while PostgreSQL is unreachable. A value given in
+# DATABASE_URL (`?connect_timeout=10`) wins over these.
+POSTGRES_CONNECT_DEFAULTS: dict[str, int] = {
+    # Seconds a new connection may take, TCP handshake and login included.
+    "connect_timeout": 5,
+    # Milliseconds sent data may stay unacknowledged before libpq drops the
+    # connection (Linux only, and ignored elsewhere). Without it, a ping or query
+    # on a pooled connection to a host that vanished waits out the kernel's
+    # TCP retransmissions, about 15 minutes with Linux defaults.
+    "tcp_user_timeout": 10_000,
+}
 
 
 def normalize_url(url: str) -> str:
@@ -39,7 +51,17 @@ def create_db_engine(url: str, **kwargs: Any) -> sa.Engine:
         )
         sa.event.listen(engine, "connect", _configure_sqlite)
         return engine
-    return sa.create_engine(url, pool_pre_ping=True, **kwargs)
+    connect_args = {
+        name: value
+        for name, value in POSTGRES_CONNECT_DEFAULTS.items()
+        if name not in sa.make_url(url).query
+    }
+    connect_args.update(kwargs.pop("connect_args", {}))
+    # pool_pre_ping replaces a pooled connection that the server or the
+    # network closed, e.g. during a database restart, before a request uses it.
+    return sa.create_engine(
+        url, pool_pre_ping=True, connect_args=connect_args, **kwargs
+    )
 
 
 def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
@@ -100,6 +122,18 @@ def migrate(url: str) -> None:
     finally:
         engine.dispose()
     logger.info("database schema is up to date")
+
+
+def is_database_unavailable(error: BaseException) -> bool:
+    """Return whether a SQLAlchemy error means the database cannot serve requests now.
+
+    That is an OperationalError (connection refused or timed out, connection
+    lost mid-query, and on SQLite a lock held too long), any other DB-API
+    error that SQLAlchemy took for a lost connection, or a pool timeout.
+    """
+    if isinstance(error, (sa.exc.OperationalError, sa.exc.TimeoutError)):
+        return True
+    return isinstance(error, sa.exc.DBAPIError) and error.connection_invalidated
 
 
 def check_database(engine: sa.Engine) -> None:

@@ -239,6 +239,10 @@ def store_sendgrid_event(session: Session, event: dict[str, Any]) -> StoredEvent
         lead = session.get(Lead, event["lead_id"])
         lead_id = lead.id if lead else None
     at = _occurred_at(event)
+    lead = session.get(Lead, lead_id) if lead_id is not None else None
+    # A late event of an erased lead is counted for its campaign, without its
+    # details, and reaches no workflow.
+    erased = lead is not None and lead.status == "erased"
     stored = EngagementEvent(
         lead_id=lead_id,
         message_id=message.id if message else None,
@@ -246,7 +250,7 @@ def store_sendgrid_event(session: Session, event: dict[str, Any]) -> StoredEvent
         source="sendgrid",
         provider_event_id=event_id,
         occurred_at=at,
-        data=_stored_data(event),
+        data={} if erased else _stored_data(event),
     )
     try:
         with session.begin_nested():
@@ -271,6 +275,8 @@ def store_sendgrid_event(session: Session, event: dict[str, Any]) -> StoredEvent
         enrollment = session.get(Enrollment, message.enrollment_id)
         workflow_id = enrollment.workflow_id if enrollment else None
     url = event.get("url") if isinstance(event.get("url"), str) else None
+    if erased:
+        return StoredEvent(stored.id, event_type, None, stored.message_id, None, False)
     return StoredEvent(
         stored.id, event_type, lead_id, stored.message_id, workflow_id, False, url
     )

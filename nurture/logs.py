@@ -21,11 +21,17 @@ from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
 
 from temporalio import activity
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+)
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # The ids a JSON line may carry, in the order they are written.
@@ -164,6 +170,34 @@ class ContextFilter(logging.Filter):
         return True
 
 
+# Ids copied from an activity's input onto its log lines.
+_INPUT_IDS = ("lead_id", "campaign_id", "message_id")
+
+
+class _ActivityIds(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        argument = input.args[0] if input.args else None
+        ids = {name: getattr(argument, name, None) for name in _INPUT_IDS}
+        with log_context(
+            **{name: value for name, value in ids.items() if isinstance(value, str)}
+        ):
+            return await super().execute_activity(input)
+
+
+class LogIdsInterceptor(Interceptor):
+    """Put the lead, campaign and message ids of an activity's input on its logs.
+
+    The ids are bound with `log_context()` around the activity, so every line
+    it logs carries them, in threads too: the SDK runs a synchronous activity
+    in a copy of the context.
+    """
+
+    def intercept_activity(
+        self, next: ActivityInboundInterceptor
+    ) -> ActivityInboundInterceptor:
+        return _ActivityIds(next)
+
+
 class JsonFormatter(logging.Formatter):
     """Format a record as one JSON object: timestamp, level, logger, message, ids."""
 
@@ -210,13 +244,19 @@ def configure_logging() -> None:
     """Log to stderr at LOG_LEVEL (default INFO) in LOG_FORMAT (default text).
 
     Replaces the root logger's handlers, so call it once at process start.
+    An invalid setting stops the process with a one-line message.
     """
     log_format = os.environ.get("LOG_FORMAT", "").strip().lower() or "text"
-    logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
-        handlers=[log_handler(log_format)],
-        force=True,
-    )
+    level = os.environ.get("LOG_LEVEL", "INFO").strip().upper()
+    if level not in LOG_LEVELS:
+        raise SystemExit(
+            f"nurture: invalid LOG_LEVEL {level!r}: use {', '.join(LOG_LEVELS)}"
+        )
+    try:
+        handler = log_handler(log_format)
+        logging.basicConfig(level=level, handlers=[handler], force=True)
+    except ValueError as error:
+        raise SystemExit(f"nurture: {error}") from None
 
 
 REQUEST_ID_HEADER = "x-request-id"

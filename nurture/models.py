@@ -1,12 +1,12 @@
 """Database tables. Every change to them needs an Alembic migration in migrations/."""
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlmodel import JSON, Field, SQLModel
+from sqlmodel import JSON, Field, SQLModel, col
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
@@ -107,6 +107,10 @@ class Lead(SQLModel, table=True):
     outcome: str | None = Field(default=None, index=True)
     outcome_at: datetime | None = _optional_timestamp()
     stage: str = "new"
+    # When the stage first reached mql or a later stage. A database trigger
+    # sets it on every write path (migration 0007); leads that were past mql
+    # before that migration keep None.
+    mql_at: datetime | None = _optional_timestamp()
     status: str = Field(default="active", index=True)
     # The lead's latest consent per channel: "opted_in", "opted_out" or
     # "unknown". consent_records keeps every change with its source and proof.
@@ -399,3 +403,125 @@ class ApiKey(SQLModel, table=True):
     expires_at: datetime | None = _optional_timestamp()
     revoked_at: datetime | None = _optional_timestamp()
     last_used_at: datetime | None = _optional_timestamp()
+
+
+class Erasure(SQLModel, table=True):
+    """The record that a lead's personal data was erased, holding none of it.
+
+    `removed` counts what was deleted or blanked per table; `workflows` counts
+    the Temporal executions deleted. The status stays "pending_workflows"
+    until Temporal has deleted every execution of the lead.
+    """
+
+    __tablename__ = "erasures"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True)
+    lead_id: str = Field(index=True, unique=True)
+    requested_by: str
+    # Why, in the requester's words: a ticket number, not the person's name.
+    reference: str | None = None
+    # "pending_workflows" or "completed".
+    status: str = Field(default="pending_workflows", index=True)
+    removed: dict[str, int] = Field(default_factory=dict, sa_type=JSON)
+    workflows: dict[str, int] = Field(default_factory=dict, sa_type=JSON)
+    error: str | None = None
+    erased_at: datetime = _timestamp()
+    completed_at: datetime | None = _optional_timestamp()
+
+
+class SplitAssignment(SQLModel, table=True):
+    """The variant an enrollment took at a split step, stored when it got there."""
+
+    __tablename__ = "split_assignments"
+    __table_args__ = (
+        # A journey that loops through a split keeps its first variant.
+        sa.UniqueConstraint("enrollment_id", "step_id"),
+        sa.Index(
+            "ix_split_assignments_split",
+            "campaign_id",
+            "step_id",
+            "variant",
+            "assigned_at",
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    enrollment_id: str = Field(foreign_key="enrollments.id")
+    campaign_id: str = Field(foreign_key="campaigns.id")
+    campaign_version: int
+    step_id: str
+    variant: str
+    # True when a winner decision chose the variant instead of the weighted
+    # draw. A/B results count drawn variants only.
+    by_winner: bool = False
+    # The workflow's clock when the enrollment reached the split.
+    assigned_at: datetime = _timestamp()
+
+
+class SplitDecision(SQLModel, table=True):
+    """A split's winner, chosen by its winner rule, with the figures behind it."""
+
+    __tablename__ = "split_decisions"
+    __table_args__ = (sa.UniqueConstraint("campaign_id", "step_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    campaign_id: str = Field(foreign_key="campaigns.id")
+    # The version whose rule fired; later versions keep the decision while
+    # their split step has a variant of that name.
+    campaign_version: int
+    step_id: str
+    winner: str
+    control: str
+    decided_at: datetime = _timestamp()
+    # The rule as declared: minLeadsPerVariant and significance.
+    rule: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    # Each variant's leads, conversions, rate, z and p-value at decision time.
+    figures: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class ChannelSpend(SQLModel, table=True):
+    """Money spent on a source channel, or one UTM campaign of it, in a period."""
+
+    __tablename__ = "channel_spend"
+    __table_args__ = (
+        sa.UniqueConstraint("channel", "utm_campaign", "period_start", "period_end"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    # A lead's source channel (utm_source), as leads.source_channel stores it.
+    channel: str
+    # A lead's UTM campaign, or "" for spend on the whole channel. Not NULL,
+    # so the unique constraint also holds for whole-channel entries.
+    utm_campaign: str = ""
+    # The first and last day of the period (UTC), both included.
+    period_start: date = Field(sa_type=sa.Date)
+    period_end: date = Field(sa_type=sa.Date)
+    amount: Decimal = Field(sa_type=sa.Numeric(14, 2))
+    # ISO 4217 code.
+    currency: str
+    updated_at: datetime = _timestamp()
+    updated_by: str
+
+
+# Indexes of tables above that the analytics queries need (migration 0007):
+# enrollments by start time, each lead's messages in send order, replies and
+# unsubscribes by event type, and first conversions per lead.
+sa.Index(
+    "ix_enrollments_campaign_enrolled_at",
+    col(Enrollment.campaign_id),
+    col(Enrollment.enrolled_at),
+)
+sa.Index("ix_enrollments_enrolled_at", col(Enrollment.enrolled_at))
+sa.Index("ix_messages_lead_sent_at", col(Message.lead_id), col(Message.sent_at))
+sa.Index(
+    "ix_engagement_events_type_message",
+    col(EngagementEvent.type),
+    col(EngagementEvent.message_id),
+)
+sa.Index(
+    "ix_lead_outcomes_outcome_lead",
+    col(LeadOutcome.outcome),
+    col(LeadOutcome.lead_id),
+    col(LeadOutcome.occurred_at),
+)

@@ -984,7 +984,11 @@ async def test_crm_400_fails_sync_without_retry(
     assert failure is not None
     assert failure.application_failure_info.non_retryable is True
     assert failure.application_failure_info.type == "CrmRejected"
-    assert 'Property \\"favorite_color\\" does not exist' in failure.message
+    # Failure texts are encrypted in the history like payloads.
+    assert failure.message == "Encoded failure"
+    assert "favorite_color" not in failure.SerializeToString().decode("latin-1")
+    decoded = await stack.client.data_converter.decode_failure(failure)
+    assert 'Property \\"favorite_color\\" does not exist' in str(decoded)
     # The sales task that follows upserts the contact too, and is rejected alike.
     assert fake_hubspot.contacts == {}
     assert get_lead(stack.engine, lead_id).crm_id is None

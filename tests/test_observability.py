@@ -25,7 +25,7 @@ from temporalio.worker import Worker
 
 from api.app import create_app
 from nurture.config import PROJECT_ROOT
-from nurture.db import create_db_engine
+from nurture.db import create_db_engine, session_scope
 from nurture.logs import (
     EMAIL_MASK,
     PHONE_MASK,
@@ -35,7 +35,8 @@ from nurture.logs import (
     redact,
 )
 from nurture.metrics import UNMATCHED_ROUTE
-from tests.conftest import Stack, StackFactory, example, make_settings
+from nurture.models import Lead
+from tests.conftest import API_KEY, Stack, StackFactory, example, make_settings
 from tests.fakes import Answer, FakeSendGrid, FakeTwilio
 from tests.test_end_to_end import create_campaign, create_lead
 from tests.test_webhook_signatures import post_twilio, twilio_settings
@@ -205,6 +206,9 @@ async def test_sent_email_counted_and_logged(
     assert line["activity_type"] == "deliver_message"
     assert line["task_queue"] == stack.settings.send_queue_for("email")
     assert line["run_id"]
+    assert line["message_id"] == message_id
+    assert line["lead_id"] == lead_id
+    assert line["campaign_id"] == campaign_id
     address = mail["personalizations"][0]["to"][0]["email"]
     assert all(address not in json.dumps(x) for x in lines)
 
@@ -414,6 +418,32 @@ def make_logger(log_format: str) -> tuple[logging.Logger, io.StringIO]:
     return logger, stream
 
 
+async def test_request_logs_carry_path_ids(
+    temporal_down: httpx.AsyncClient, engine: sa.Engine, json_records: io.StringIO
+) -> None:
+    with session_scope(engine) as session:
+        lead = Lead(email="ada@example.com", email_normalized="ada@example.com")
+        session.add(lead)
+        session.flush()
+        lead_id = lead.id
+
+    response = await temporal_down.patch(
+        f"/api/v1/leads/{lead_id}",
+        json={"contact": {"firstName": "Ada"}},
+        headers={"Authorization": f"Bearer {API_KEY}"},
+    )
+
+    assert response.status_code == 200, response.text
+    failed = [
+        x
+        for x in json_lines(json_records)
+        if "workflow start or signal" in x["message"]
+    ]
+    assert failed
+    assert {x["lead_id"] for x in failed} == {lead_id}
+    assert all(x["request_id"] for x in failed)
+
+
 def test_json_line_carries_ids() -> None:
     logger, stream = make_logger("json")
 
@@ -580,7 +610,7 @@ def test_configure_logging_rejects_format() -> None:
     )
 
     assert done.returncode != 0
-    assert "invalid LOG_FORMAT 'xml': use text or json" in done.stderr
+    assert done.stderr.strip() == "nurture: invalid LOG_FORMAT 'xml': use text or json"
 
 
 # --- the worker's endpoints ------------------------------------------------

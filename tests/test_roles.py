@@ -75,6 +75,8 @@ EXPECTED = {
     ("POST", "/api/v1/nurturing/campaigns"): {"admin", "marketer"},
     ("POST", "/api/v1/leads/import"): {"admin", "marketer"},
     ("POST", "/api/v1/events"): {"admin", "marketer", "integration"},
+    ("DELETE", "/api/v1/leads/{lead_id}"): {"admin"},
+    ("GET", "/api/v1/leads/{lead_id}/export"): {"admin"},
 }
 
 
@@ -219,6 +221,8 @@ async def test_audit_log_shows_reads_and_key_changes(
     lead_id = created.json()["id"]
 
     read = await api.get(f"/api/v1/leads/{lead_id}", headers=sales)
+    await api.get(f"/api/v1/leads/{lead_id}/messages", headers=sales)
+    await api.get(f"/api/v1/leads/{lead_id}/consent", headers=sales)
     log = await api.get("/api/v1/audit", params={"entityId": lead_id}, headers=admin)
     denied = await api.get("/api/v1/audit", headers=sales)
     keys = await api.get(
@@ -227,7 +231,11 @@ async def test_audit_log_shows_reads_and_key_changes(
 
     assert read.status_code == 200
     entries = log.json()["items"]
-    assert entries[0]["action"] == "lead.read"
+    assert [e["action"] for e in entries[:3]] == [
+        "lead.consent_read",
+        "lead.messages_read",
+        "lead.read",
+    ]
     assert entries[0]["actor"].endswith(":test sales_rep")
     assert entries[-1]["action"] == "lead.created"
     assert entries[-1]["actor"].endswith(":test integration")
@@ -262,3 +270,32 @@ async def test_integration_capture_reveals_no_lead(
     assert new.status_code == 202
     assert again.json() == {"id": known.json()["id"], "accepted": True}
     assert set(new.json()) == {"id", "accepted"}
+
+
+async def test_integration_event_reveals_no_lead(
+    api: httpx.AsyncClient, role_keys: dict[str, str]
+) -> None:
+    form_key = {"Authorization": f"Bearer {role_keys['integration']}"}
+    admin = {"Authorization": f"Bearer {API_KEY}"}
+    known = await api.post(
+        "/api/v1/leads", json={"contact": {"email": "ann@example.com"}}, headers=admin
+    )
+    event = {"type": "page_view", "url": "https://example.com/blog"}
+
+    on_file = await api.post(
+        "/api/v1/events", json={**event, "email": "ann@example.com"}, headers=form_key
+    )
+    unknown = await api.post(
+        "/api/v1/events",
+        json={**event, "email": "nobody@example.com"},
+        headers=form_key,
+    )
+    by_admin = await api.post(
+        "/api/v1/events", json={**event, "email": "nobody@example.com"}, headers=admin
+    )
+
+    assert known.status_code == 201
+    assert on_file.status_code == unknown.status_code == 202
+    assert on_file.json() == unknown.json()
+    assert on_file.json()["leadId"] is None
+    assert by_admin.status_code == 404

@@ -15,7 +15,12 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.delivery import DeliveryActivities
-    from activities.journeys import JourneyActivities
+    from activities.journeys import (
+        AssignVariantInput,
+        JourneyActivities,
+        SplitWinnerCheckInput,
+        SplitWinnerCheckResult,
+    )
     from activities.leads import LeadActivities
     from activities.messaging import MessagingActivities
     from nurture.campaigns import (
@@ -24,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         ExitStep,
         SendStep,
         SplitStep,
+        Variant,
         WaitForEventStep,
         WaitStep,
     )
@@ -62,6 +68,12 @@ with workflow.unsafe.imports_passed_through():
 
 # Workflows started before this marker ran the plain list of sends.
 JOURNEY_PATCH = "journey-language"
+# Splits reached before this marker drew their variant in workflow code and
+# stored no assignment. Since then, an activity stores the assignment and
+# applies the split's winner decision.
+SPLIT_ASSIGNMENT_PATCH = "split-assignment"
+# The winner check reads every split's assignments: a few queries per split.
+WINNER_CHECK_TIMEOUT = timedelta(minutes=5)
 OPEN_EVENTS = frozenset({"open", "click"})
 CLICK_EVENTS = frozenset({"click"})
 # A paused campaign is re-checked this often in case a resume signal was lost.
@@ -209,15 +221,43 @@ class NurtureWorkflow(LegacySequence):
                 self._record(current, "branched", None, branch)
                 successor = (step.then if condition_met else step.else_) or following
             elif isinstance(step, SplitStep):
-                variant = step.choose(f"{input.lead_id}:{input.campaign_id}:{current}")
-                self._state.variants[current] = variant.name
-                self._record(current, "branched", None, f"variant {variant.name}")
+                variant = await self._split(input, step, current)
                 successor = variant.next or following
             else:
                 assert isinstance(step, ExitStep)
                 self._record(current, "exited", None, None)
                 raise Stop
             current = await self._apply_migration(input, current, successor)
+
+    async def _split(
+        self, input: NurtureInput, step: SplitStep, current: str
+    ) -> Variant:
+        """Take a split's variant: the stored winner once decided, else the draw."""
+        drawn = step.choose(f"{input.lead_id}:{input.campaign_id}:{current}")
+        variant, detail = drawn, f"variant {drawn.name}"
+        if workflow.patched(SPLIT_ASSIGNMENT_PATCH):
+            assigned = await workflow.execute_activity_method(
+                JourneyActivities.assign_variant,
+                AssignVariantInput(
+                    enrollment_id=input.enrollment_id,
+                    campaign_id=input.campaign_id,
+                    campaign_version=self._state.campaign_version,
+                    step=current,
+                    drawn=drawn.name,
+                    variants=[option.name for option in step.variants],
+                    at=workflow.now(),
+                ),
+                start_to_close_timeout=DATABASE_TIMEOUT,
+                retry_policy=DATABASE_RETRY,
+            )
+            variant = next(
+                (v for v in step.variants if v.name == assigned.variant), drawn
+            )
+            if assigned.by_winner:
+                detail = f"variant {variant.name}, the split's winner"
+        self._state.variants[current] = variant.name
+        self._record(current, "branched", None, detail)
+        return variant
 
     async def _apply_migration(
         self, input: NurtureInput, current: str, successor: Successor
@@ -533,6 +573,20 @@ class NurtureWorkflow(LegacySequence):
                 at=workflow.now(),
                 detail=detail,
             )
+        )
+
+
+@workflow.defn
+class SplitWinnerWorkflow:
+    """Checks the winner rule of every split; a Temporal schedule starts it."""
+
+    @workflow.run
+    async def run(self, input: SplitWinnerCheckInput) -> SplitWinnerCheckResult:
+        return await workflow.execute_activity_method(
+            JourneyActivities.decide_split_winners,
+            SplitWinnerCheckInput(now=input.now or workflow.now()),
+            start_to_close_timeout=WINNER_CHECK_TIMEOUT,
+            retry_policy=DATABASE_RETRY,
         )
 
 

@@ -23,6 +23,9 @@ DELIVER_RETRY = RetryPolicy(
 )
 END_TIMEOUT = timedelta(seconds=30)
 DATABASE_TIMEOUT = timedelta(seconds=30)
+# Neither this nor PREPARE_RETRY limits attempts, so an activity retries
+# through a database outage of any length, at least once a minute, and its
+# workflow goes on within about a minute of the database coming back.
 DATABASE_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,

@@ -20,11 +20,14 @@ with workflow.unsafe.imports_passed_through():
 TRAINING_TIMEOUT = timedelta(hours=2)
 # Training reports progress at each stage; a silent worker is presumed dead.
 TRAINING_HEARTBEAT = timedelta(minutes=5)
+# Retried until TRAINING_GIVE_UP rather than a number of attempts, so a
+# database outage of some minutes delays a training instead of failing it.
 TRAINING_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=10),
-    maximum_attempts=3,
+    maximum_interval=timedelta(minutes=2),
     non_retryable_error_types=["TrainingError", "ModelNotFound"],
 )
+TRAINING_GIVE_UP = timedelta(hours=2)
 BOOKKEEPING_TIMEOUT = timedelta(seconds=30)
 RESCORE_TIMEOUT = timedelta(minutes=5)
 # Batches per run before continuing as new, which keeps the history short.
@@ -44,6 +47,7 @@ class ModelTrainingWorkflow:
                 input,
                 task_queue=score_queue,
                 start_to_close_timeout=TRAINING_TIMEOUT,
+                schedule_to_close_timeout=TRAINING_GIVE_UP,
                 heartbeat_timeout=TRAINING_HEARTBEAT,
                 retry_policy=TRAINING_RETRY,
             )

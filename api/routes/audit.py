@@ -9,7 +9,7 @@ from sqlmodel import col, select
 from api.deps import AdminDep, SessionDep
 from api.errors import error_responses
 from nurture.models import AuditEntry
-from nurture.schemas import CamelModel
+from nurture.schemas import CamelModel, DbInteger
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"])
 
@@ -39,7 +39,7 @@ def list_audit_entries(
     entity_id: Annotated[str | None, Query(alias="entityId")] = None,
     since: datetime | None = None,
     before_id: Annotated[
-        int | None,
+        DbInteger | None,
         Query(alias="beforeId", description="Page: the previous nextBeforeId."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,

@@ -19,7 +19,7 @@ from api.errors import (
 from nurture.campaign_checks import check_campaign
 from nurture.campaigns import CampaignSpec, slugify
 from nurture.models import AuditEntry, Campaign, CampaignVersion, utcnow
-from nurture.schemas import CamelModel
+from nurture.schemas import CamelModel, inline_json_schema
 
 router = APIRouter(prefix="/api/v1/nurturing/campaigns", tags=["campaigns"])
 ERRORS = error_responses(401, 404, 422)
@@ -59,11 +59,7 @@ async def read_spec(request: Request) -> CampaignSpec:
 _SPEC_BODY = {
     "requestBody": {
         "required": True,
-        "content": {
-            "application/json": {
-                "schema": CampaignSpec.model_json_schema(by_alias=True)
-            }
-        },
+        "content": {"application/json": {"schema": inline_json_schema(CampaignSpec)}},
     }
 }
 

@@ -7,7 +7,7 @@ from sqlmodel import col, func, select
 
 from api.deps import AdminDep, MarketingDep, ReadLeadsDep, SessionDep, SettingsDep
 from api.errors import ApiError, error_responses
-from api.routes.leads import get_lead_or_404
+from api.routes.leads import get_lead_or_404, record_read
 from nurture.consent import (
     Channel,
     ConsentChange,
@@ -18,22 +18,23 @@ from nurture.consent import (
     record_consent,
 )
 from nurture.models import AuditEntry, Suppression
-from nurture.schemas import CamelModel
+from nurture.schemas import MAX_DB_INTEGER, CamelModel, DbInteger
 
 router = APIRouter(prefix="/api/v1", tags=["consent"])
-ERRORS = error_responses(401, 404, 422)
+ERRORS = error_responses(401, 404, 410, 422)
 
 
 @router.get("/leads/{lead_id}/consent", response_model=ConsentView, responses=ERRORS)
 def read_consent(
-    lead_id: str, session: SessionDep, settings: SettingsDep, _actor: ReadLeadsDep
+    lead_id: str, session: SessionDep, settings: SettingsDep, actor: ReadLeadsDep
 ) -> ConsentView:
     """Show the lead's consent per channel, whether a message may go now, and why.
 
     `records` is the whole ledger: every opt-in and opt-out with its source
-    and proof, oldest first.
+    and proof, oldest first. The read is audited.
     """
     lead = get_lead_or_404(session, lead_id)
+    record_read(session, actor, lead_id, "lead.consent_read")
     return consent_view(session, lead, settings.consent_policy)
 
 
@@ -108,7 +109,7 @@ def list_suppressions(
         str | None, Query(description="An exact address or E.164 number.")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INTEGER)] = 0,
 ) -> SuppressionPage:
     """List suppressed addresses and numbers, newest first."""
     query = select(Suppression)
@@ -148,7 +149,7 @@ def list_suppressions(
     responses=error_responses(401, 404),
 )
 def lift_suppression(
-    suppression_id: int, session: SessionDep, actor: AdminDep
+    suppression_id: DbInteger, session: SessionDep, actor: AdminDep
 ) -> Response:
     """Lift a suppression, e.g. after a mailbox that bounced was fixed."""
     row = session.get(Suppression, suppression_id)

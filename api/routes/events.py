@@ -1,23 +1,27 @@
 """Website behavior events: page views, downloads, forms, webinars."""
 
+import logging
 import re
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from pydantic import AwareDatetime, Field, field_validator, model_validator
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import CaptureDep, EngineDep, GatewayDep, SettingsDep
+from api.deps import CaptureDep, EngineDep, GatewayDep, SettingsDep, principal_of
 from api.errors import ApiError, error_responses
+from api.throttle import RATE_LIMITED, rate_limited
 from api.workflow_calls import notify_lead
 from nurture.conditions import EVENT_TYPES as CONDITION_EVENTS
 from nurture.contracts import BehaviorSignal
 from nurture.db import session_scope
 from nurture.models import EngagementEvent, Lead, utcnow
+from nurture.privacy import is_erased
 from nurture.schemas import CamelModel, StrictCamelModel
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
 
 # Opens, clicks and SMS replies come only from the providers' webhooks.
@@ -75,8 +79,12 @@ class BehaviorEventIn(StrictCamelModel):
 
 
 class EventReceipt(CamelModel):
-    id: str
-    lead_id: str
+    """The stored event. For an integration key that named the lead by email,
+    `id` and `leadId` are left out, so the receipt does not tell whether the
+    address is on file."""
+
+    id: str | None
+    lead_id: str | None
     type: str
     duplicate: bool
 
@@ -101,7 +109,7 @@ def _store(engine: sa.Engine, event: BehaviorEventIn) -> tuple[EngagementEvent, 
             lead = session.exec(
                 select(Lead).where(Lead.email_normalized == event.email.strip().lower())
             ).first()
-        if lead is None:
+        if lead is None or is_erased(lead):
             raise ApiError(
                 404,
                 "not_found",
@@ -148,17 +156,30 @@ def _find_event(
     "",
     status_code=202,
     response_model=EventReceipt,
-    responses=error_responses(401, 404, 422),
+    responses={**error_responses(401, 404, 422), **RATE_LIMITED},
+    dependencies=[rate_limited("capture")],
 )
 async def record_event(
+    request: Request,
     event: BehaviorEventIn,
     _actor: CaptureDep,
     settings: SettingsDep,
     engine: EngineDep,
     temporal: GatewayDep,
 ) -> EventReceipt:
-    """Record a website behavior event for a lead and signal its workflow."""
-    stored, duplicate = await run_in_threadpool(_store, engine, event)
+    """Record a website behavior event for a lead and signal its workflow.
+
+    An integration key that names the lead by email gets the same 202 for a
+    known and an unknown address. An event for an unknown address is dropped.
+    """
+    blind = principal_of(request).role == "integration" and not event.lead_id
+    try:
+        stored, duplicate = await run_in_threadpool(_store, engine, event)
+    except ApiError as error:
+        if not (blind and error.status == 404):
+            raise
+        logger.info("event %s for an address not on file dropped", event.type)
+        return EventReceipt(id=None, lead_id=None, type=event.type, duplicate=False)
     assert stored.lead_id is not None
     if not duplicate:
         await notify_lead(
@@ -170,6 +191,8 @@ async def record_event(
                 event_id=stored.id, type=stored.type, url=stored.data.get("url")
             ),
         )
+    if blind:
+        return EventReceipt(id=None, lead_id=None, type=event.type, duplicate=False)
     return EventReceipt(
         id=stored.id, lead_id=stored.lead_id, type=stored.type, duplicate=duplicate
     )

@@ -28,7 +28,7 @@ from nurture.models import Campaign, EngagementEvent, Enrollment, Lead, Message,
 from nurture.schemas import CamelModel
 
 router = APIRouter(prefix="/api/v1/leads", tags=["journey"])
-ERRORS = error_responses(401, 404)
+ERRORS = error_responses(401, 404, 410)
 RECENT_EVENTS = 20
 
 
@@ -48,10 +48,11 @@ class MessageView(CamelModel):
 
 @router.get("/{lead_id}/messages", response_model=list[MessageView], responses=ERRORS)
 def list_messages(
-    lead_id: str, session: SessionDep, _actor: ReadLeadsDep
+    lead_id: str, session: SessionDep, actor: ReadLeadsDep
 ) -> list[MessageView]:
-    """List every message to the lead, newest first."""
+    """List every message to the lead, newest first. The read is audited."""
     get_lead_or_404(session, lead_id)
+    record_read(session, actor, lead_id, "lead.messages_read")
     messages = session.exec(
         select(Message)
         .where(Message.lead_id == lead_id)

@@ -9,7 +9,7 @@ from api.deps import AdminDep, SessionDep
 from api.errors import ApiError, error_responses
 from nurture.keys import ApiKeyOut, Role, create_key, list_keys, revoke_key
 from nurture.models import utcnow
-from nurture.schemas import CamelModel, StrictCamelModel
+from nurture.schemas import CamelModel, DbInteger, StrictCamelModel
 
 router = APIRouter(prefix="/api/v1/keys", tags=["keys"])
 ERRORS = error_responses(401, 403, 404, 422)
@@ -50,7 +50,7 @@ def list_api_keys(session: SessionDep, _actor: AdminDep) -> list[ApiKeyOut]:
 
 
 @router.delete("/{key_id}", status_code=204, responses=ERRORS)
-def revoke_api_key(key_id: int, session: SessionDep, actor: AdminDep) -> Response:
+def revoke_api_key(key_id: DbInteger, session: SessionDep, actor: AdminDep) -> Response:
     """Revoke a key: the next request with it gets 401."""
     row = revoke_key(session, key_id, actor)
     if row is None:

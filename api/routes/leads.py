@@ -25,6 +25,7 @@ from api.errors import (
     from_pydantic,
     validation_error,
 )
+from api.throttle import RATE_LIMITED, rate_limited
 from api.workflow_calls import notify_lead
 from nurture.config import Settings
 from nurture.contracts import BehaviorSignal
@@ -41,7 +42,13 @@ from nurture.leads import (
     update_lead,
 )
 from nurture.models import AuditEntry, Lead
-from nurture.schemas import CamelModel
+from nurture.privacy import ERASED, erased_on, is_erased
+from nurture.schemas import (
+    MAX_DB_INTEGER,
+    CamelModel,
+    DbInteger,
+    inline_json_schema,
+)
 
 router = APIRouter(prefix="/api/v1/leads", tags=["leads"])
 
@@ -64,13 +71,13 @@ LIST_PARAMETERS = {
     "limit",
     "offset",
 }
-ERRORS = error_responses(401, 404, 422)
+ERRORS = error_responses(401, 404, 410, 422)
 
 _LEAD_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": LeadCreate.model_json_schema(by_alias=True)},
+            "application/json": {"schema": inline_json_schema(LeadCreate)},
             "application/x-www-form-urlencoded": {
                 "schema": {
                     "type": "object",
@@ -157,8 +164,10 @@ class LeadReceipt(CamelModel):
             ),
         },
         **ERRORS,
+        **RATE_LIMITED,
     },
     openapi_extra=_LEAD_BODY,
+    dependencies=[rate_limited("capture")],
 )
 async def create_lead(
     request: Request,
@@ -186,9 +195,19 @@ async def create_lead(
 
 
 def get_lead_or_404(session: Session, lead_id: str) -> Lead:
+    """The lead, or 404 when there is none and 410 when it was erased."""
     lead = session.get(Lead, lead_id)
     if lead is None:
         raise ApiError(404, "not_found", f"lead {lead_id} not found")
+    if is_erased(lead):
+        when = erased_on(session, lead_id)
+        on = f" on {when:%Y-%m-%d %H:%M} UTC" if when else ""
+        raise ApiError(
+            410,
+            "erased",
+            f"lead {lead_id} was erased{on}; nothing about the person is kept. "
+            "GET /api/v1/erasures/{lead_id} shows the erasure record",
+        )
     return lead
 
 
@@ -233,7 +252,7 @@ def _apply_update(
 @router.patch(
     "/{lead_id}",
     response_model=LeadPublic,
-    responses=error_responses(401, 404, 409, 422),
+    responses=error_responses(401, 404, 409, 410, 422),
 )
 async def patch_lead(
     lead_id: str,
@@ -266,17 +285,23 @@ def list_leads(
     request: Request,
     session: SessionDep,
     _actor: ReadLeadsDep,
-    score: Annotated[int | None, Query()] = None,
-    score_gt: Annotated[int | None, Query(alias="score[gt]")] = None,
-    score_gte: Annotated[int | None, Query(alias="score[gte]")] = None,
-    score_lt: Annotated[int | None, Query(alias="score[lt]")] = None,
-    score_lte: Annotated[int | None, Query(alias="score[lte]")] = None,
+    score: Annotated[DbInteger | None, Query()] = None,
+    score_gt: Annotated[DbInteger | None, Query(alias="score[gt]")] = None,
+    score_gte: Annotated[DbInteger | None, Query(alias="score[gte]")] = None,
+    score_lt: Annotated[DbInteger | None, Query(alias="score[lt]")] = None,
+    score_lte: Annotated[DbInteger | None, Query(alias="score[lte]")] = None,
     created_gt: Annotated[AwareDatetime | None, Query(alias="createdAt[gt]")] = None,
     created_gte: Annotated[AwareDatetime | None, Query(alias="createdAt[gte]")] = None,
     created_lt: Annotated[AwareDatetime | None, Query(alias="createdAt[lt]")] = None,
     created_lte: Annotated[AwareDatetime | None, Query(alias="createdAt[lte]")] = None,
     status: Annotated[
-        str | None, Query(description="active, unsubscribed, ...")
+        str | None,
+        Query(
+            description=(
+                "active, unsubscribed, erased, ...; erased leads are listed "
+                "only when asked for"
+            )
+        ),
     ] = None,
     stage: Annotated[str | None, Query(description="new, engaged, mql, ...")] = None,
     source: Annotated[str | None, Query(description="Source channel.")] = None,
@@ -285,7 +310,7 @@ def list_leads(
         Query(description="Field to sort by; a leading - sorts descending."),
     ] = "-createdAt",
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INTEGER)] = 0,
 ) -> LeadPage:
     """List leads, filtered by score, creation time, status, stage and source."""
     unknown = sorted(set(request.query_params) - LIST_PARAMETERS)
@@ -319,6 +344,9 @@ def list_leads(
         if value is None:
             continue
         conditions.append(getattr(col(column), f"__{operator}__")(value))
+    if status is None:
+        # Erased leads are blank; they are listed only when asked for.
+        conditions.append(col(Lead.status) != ERASED)
     total = session.exec(
         select(func.count()).select_from(Lead).where(*conditions)
     ).one()

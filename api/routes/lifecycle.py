@@ -42,7 +42,8 @@ from nurture.models import (
     Lead,
     utcnow,
 )
-from nurture.schemas import CamelModel, StrictCamelModel
+from nurture.privacy import is_erased
+from nurture.schemas import MAX_DB_INTEGER, CamelModel, StrictCamelModel
 from nurture.simulation import SimulationRequest, SimulationResult, simulate
 from nurture.temporal import enrollment_search_attributes
 from workflows.nurture import NurtureWorkflow
@@ -165,10 +166,13 @@ def _claim_all(
                 )
                 continue
             seen.add(lead_id)
-            if session.get(Lead, lead_id) is None:
+            lead = session.get(Lead, lead_id)
+            if lead is None or is_erased(lead):
                 results.append(
                     EnrollResult(
-                        lead_id=lead_id, status="not_found", reason="no such lead"
+                        lead_id=lead_id,
+                        status="not_found",
+                        reason="no such lead" if lead is None else "lead was erased",
                     )
                 )
                 continue
@@ -272,7 +276,7 @@ def list_enrollments(
     _actor: ReadLeadsDep,
     status: Annotated[str | None, Query(description="active, completed, ...")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_DB_INTEGER)] = 0,
 ) -> list[EnrollmentPublic]:
     """List a campaign's enrollments, newest first, each with the version it runs."""
     get_campaign_or_404(session, campaign_id)
@@ -302,7 +306,10 @@ def list_enrollments(
 
 class MigrateRequest(StrictCamelModel):
     from_version: int | None = Field(
-        None, ge=1, description="Only enrollments on this version; default: all older."
+        None,
+        ge=1,
+        le=MAX_DB_INTEGER,
+        description="Only enrollments on this version; default: all older.",
     )
 
 
@@ -379,7 +386,9 @@ def simulate_campaign(
     http_request: Request,
     session: SessionDep,
     _actor: MarketingDep,
-    version: Annotated[int | None, Query(ge=1, description="Default: current.")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=MAX_DB_INTEGER, description="Default: current.")
+    ] = None,
 ) -> SimulationResult:
     """Return the schedule a sample lead would get from this campaign; sends nothing.
 

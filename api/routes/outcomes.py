@@ -22,7 +22,7 @@ from nurture.models import AuditEntry, EngagementEvent, LeadOutcome
 from nurture.outcomes import OutcomeIn, OutcomePublic, outcome_public, record_outcome
 
 router = APIRouter(prefix="/api/v1/leads", tags=["outcomes"])
-ERRORS = error_responses(401, 404, 422)
+ERRORS = error_responses(401, 404, 410, 422)
 
 
 def _store(

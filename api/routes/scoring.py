@@ -25,7 +25,7 @@ from nurture.db import session_scope
 from nurture.lead_scoring import load_context
 from nurture.learning import TrainingOptions
 from nurture.models import AuditEntry, ScoringCriteriaVersion, ScoringModel, utcnow
-from nurture.schemas import CamelModel
+from nurture.schemas import CamelModel, DbInteger
 from nurture.scoring import ScoreResult, ScoringInput, score
 from workflows.training import ModelTrainingWorkflow, RescoreAllWorkflow
 
@@ -189,7 +189,10 @@ def list_criteria_versions(
     "/criteria/versions/{version}", response_model=CriteriaVersion, responses=ERRORS
 )
 def read_criteria_version(
-    version: int, session: SessionDep, settings: SettingsDep, _actor: ReadLeadsDep
+    version: DbInteger,
+    session: SessionDep,
+    settings: SettingsDep,
+    _actor: ReadLeadsDep,
 ) -> CriteriaVersion:
     """Read one stored version of the criteria."""
     return _criteria_view(session, settings.mql_threshold, version)
@@ -342,7 +345,9 @@ def _model_or_404(session: Session, version: int) -> ScoringModel:
 
 
 @router.get("/models/{version}", response_model=ModelView, responses=ERRORS)
-def read_model(version: int, session: SessionDep, _actor: ReadLeadsDep) -> ModelView:
+def read_model(
+    version: DbInteger, session: SessionDep, _actor: ReadLeadsDep
+) -> ModelView:
     """Read a model: training progress, then its held-out metrics and features."""
     return ModelView.of(_model_or_404(session, version))
 
@@ -374,7 +379,9 @@ def _promote(session: Session, model: ScoringModel, actor: str, action: str) -> 
     response_model=ModelView,
     responses=error_responses(401, 404, 409),
 )
-def promote_model(version: int, session: SessionDep, actor: AdminDep) -> ModelView:
+def promote_model(
+    version: DbInteger, session: SessionDep, actor: AdminDep
+) -> ModelView:
     """Make a trained model the one that scores leads, from the next score on."""
     model = _model_or_404(session, version)
     if model.status != "ready":

@@ -15,6 +15,8 @@ from fastapi.responses import HTMLResponse
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import EngineDep, GatewayDep, SettingsDep
+from api.errors import ApiError
+from api.throttle import RateLimits, client_address
 from api.workflow_calls import signal_enrollment
 from nurture.config import Settings
 from nurture.consent import record_consent
@@ -27,6 +29,19 @@ router = APIRouter(prefix=UNSUBSCRIBE_PATH, tags=["unsubscribe"])
 logger = logging.getLogger(__name__)
 
 _PAGE = "pages/unsubscribe.html"
+# A link whose signature does not verify gets an HTML page that explains it.
+# Such links count against RATE_LIMIT_UNSUBSCRIBE, valid ones never do: mail
+# providers post one-click unsubscribes for many readers from a few addresses.
+_INVALID_LINK: dict[int | str, dict[str, object]] = {
+    400: {
+        "description": "The link is incomplete or was changed, as the page explains",
+        "content": {"text/html": {}},
+    },
+    429: {
+        "description": "Too many invalid links from the caller's address",
+        "content": {"text/html": {}},
+    },
+}
 
 
 def _page(settings: Settings, status: int, **values: object) -> HTMLResponse:
@@ -48,6 +63,27 @@ def _invalid(settings: Settings) -> HTMLResponse:
         ),
         confirm=False,
     )
+
+
+async def _rejected(request: Request, settings: Settings) -> HTMLResponse:
+    """Return the invalid-link page, or 429 once the caller sent too many."""
+    limits: RateLimits = request.app.state.rate_limits
+    try:
+        await limits.check("unsubscribe", client_address(request))
+    except ApiError as error:
+        page = _page(
+            settings,
+            429,
+            title="Too many attempts",
+            text=(
+                "This address opened too many invalid unsubscribe links. Wait a "
+                "minute, then open the link from the email again."
+            ),
+            confirm=False,
+        )
+        page.headers.update(error.headers or {})
+        return page
+    return _invalid(settings)
 
 
 def _mask(address: str | None) -> str:
@@ -107,20 +143,25 @@ def _unsubscribe(
     return _Unsubscribed(workflow_id, already)
 
 
-@router.get("/{token}", response_class=HTMLResponse, include_in_schema=True)
-def confirm_unsubscribe(
-    token: str, settings: SettingsDep, engine: EngineDep
+def _reader(engine: sa.Engine, lead_id: str) -> tuple[str | None, bool]:
+    """Return the lead's address and whether it has opted out of email."""
+    with session_scope(engine) as session:
+        lead = session.get(Lead, lead_id)
+        address = lead.email if lead else None
+        return address, lead is not None and lead.email_consent == "opted_out"
+
+
+@router.get("/{token}", response_class=HTMLResponse, responses=_INVALID_LINK)
+async def confirm_unsubscribe(
+    token: str, request: Request, settings: SettingsDep, engine: EngineDep
 ) -> HTMLResponse:
     """Show the page where the reader confirms with one button."""
     links = UnsubscribeLinks(settings.signing_secret, settings.public_base_url)
     try:
         lead_id, _message_id = links.verify(token)
     except InvalidLink:
-        return _invalid(settings)
-    with session_scope(engine) as session:
-        lead = session.get(Lead, lead_id)
-        address = lead.email if lead else None
-        already = lead is not None and lead.email_consent == "opted_out"
+        return await _rejected(request, settings)
+    address, already = await run_in_threadpool(_reader, engine, lead_id)
     if already:
         return _page(
             settings,
@@ -138,7 +179,7 @@ def confirm_unsubscribe(
     )
 
 
-@router.post("/{token}", response_class=HTMLResponse)
+@router.post("/{token}", response_class=HTMLResponse, responses=_INVALID_LINK)
 async def unsubscribe(
     token: str,
     request: Request,
@@ -155,7 +196,7 @@ async def unsubscribe(
     try:
         lead_id, message_id = links.verify(token)
     except InvalidLink:
-        return _invalid(settings)
+        return await _rejected(request, settings)
     form = await request.form()
     one_click = form.get("List-Unsubscribe") == "One-Click"
     done = await run_in_threadpool(_unsubscribe, engine, lead_id, message_id, one_click)

@@ -17,6 +17,7 @@ from twilio.twiml.messaging_response import MessagingResponse
 
 from api.deps import EngineDep, GatewayDep, SettingsDep
 from api.errors import ApiError, FieldError, error_responses, validation_error
+from api.throttle import RATE_LIMITED, rate_limited
 from api.workflow_calls import notify_lead, signal_enrollment
 from nurture.config import Settings
 from nurture.contracts import BehaviorSignal, EngagementSignal
@@ -42,7 +43,12 @@ from nurture.webhook_signatures import (
     verify_twilio,
 )
 
-router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
+router = APIRouter(
+    prefix="/api/v1/webhooks",
+    tags=["webhooks"],
+    dependencies=[rate_limited("webhooks")],
+    responses=RATE_LIMITED,
+)
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 10_000
