@@ -197,6 +197,7 @@ class JourneyActivities:
                 select(SplitDecision).where(
                     SplitDecision.campaign_id == input.campaign_id,
                     SplitDecision.step_id == input.step,
+                    col(SplitDecision.withdrawn_at).is_(None),
                 )
             ).first()
             by_winner = decision is not None and decision.winner in input.variants

@@ -40,6 +40,7 @@ from api.routes import (
     outcomes,
     privacy,
     scoring,
+    splits,
     unsubscribe,
     webhooks,
 )
@@ -154,6 +155,7 @@ def create_app(
         journey,
         scoring,
         campaigns,
+        splits,
         lifecycle,
         events,
         webhooks,

@@ -474,10 +474,16 @@ class SplitDecision(SQLModel, table=True):
     winner: str
     control: str
     decided_at: datetime = _timestamp()
+    # "rule" when the winner rule fired, else the actor who declared it.
+    decided_by: str = "rule"
     # The rule as declared: minLeadsPerVariant and significance.
     rule: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
     # Each variant's leads, conversions, rate, z and p-value at decision time.
     figures: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    # A withdrawn decision sends no one to its winner, and keeps the rule
+    # from firing again: the split draws at random until a person declares.
+    withdrawn_at: datetime | None = _optional_timestamp()
+    withdrawn_by: str | None = None
 
 
 class ChannelSpend(SQLModel, table=True):
@@ -525,3 +531,23 @@ sa.Index(
     col(LeadOutcome.lead_id),
     col(LeadOutcome.occurred_at),
 )
+
+
+class DashboardSession(SQLModel, table=True):
+    """A dashboard sign-in. The cookie contains a random token; this row its hash.
+
+    `key_ref` is the api_keys id, or "installation" for NURTURE_API_KEY, and
+    `key_fingerprint` the key's hash at sign-in, so a replaced key ends the
+    session. Signing out sets `ended_at`; the row goes a day after expiry.
+    """
+
+    __tablename__ = "dashboard_sessions"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: int | None = Field(default=None, primary_key=True)
+    token_hash: str = Field(unique=True)
+    key_ref: str = Field(index=True)
+    key_fingerprint: str
+    created_at: datetime = _timestamp()
+    expires_at: datetime = Field(sa_type=UTCDateTime, index=True)
+    ended_at: datetime | None = _optional_timestamp()

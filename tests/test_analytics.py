@@ -17,12 +17,12 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from sqlmodel import select
+from sqlmodel import col, select
 from temporalio.client import ScheduleIntervalSpec, WorkflowHistory
 from temporalio.worker import Replayer
 
 from activities.journeys import SplitWinnerCheckInput
-from nurture.analytics.splits import VariantResult, judge_split
+from nurture.analytics.splits import VariantResult, judge_split, pending_splits
 from nurture.campaigns import WinnerRule
 from nurture.codec import data_converter
 from nurture.db import session_scope
@@ -713,6 +713,75 @@ async def test_winner_rule_needs_a_goal(api: httpx.AsyncClient) -> None:
     (error,) = response.json()["errors"]
     assert error["path"] == "sequence[0].winner"
     assert "at least one entry in goals" in error["message"]
+
+
+WINNER = "/api/v1/nurturing/campaigns/ab-test/splits/ab/winner"
+
+
+async def test_marketer_declares_and_withdraws_winner(
+    engine: sa.Engine, api: httpx.AsyncClient
+) -> None:
+    ab_rows(engine)
+
+    declared = await api.put(WINNER, json={"variant": "A"})
+    shown = (await get_json(api, "/ab", campaignId="ab-test"))["splits"][0]
+    replaced = await api.put(WINNER, json={"variant": "B"})
+    withdrawn = await api.delete(WINNER)
+    again = await api.delete(WINNER)
+    shown_after = (await get_json(api, "/ab", campaignId="ab-test"))["splits"][0]
+    with session_scope(engine) as session:
+        pending = pending_splits(session.connection())
+        audit = session.exec(
+            select(AuditEntry.action, AuditEntry.detail)
+            .where(col(AuditEntry.action).startswith("split."))
+            .order_by(col(AuditEntry.id))
+        ).all()
+
+    assert declared.status_code == 200, declared.text
+    body = declared.json()
+    assert (body["winner"], body["control"], body["decidedBy"]) == ("A", "A", "api-key")
+    assert body["withdrawnAt"] is None
+    figures = {v["variant"]: v["assigned"] for v in body["figures"]["variants"]}
+    # Drawn at random only: the five sent to B by an earlier winner are apart.
+    assert figures == {"A": 50, "B": 40}
+    assert shown["decision"]["winner"] == "A"
+    assert replaced.json()["winner"] == "B"
+    assert withdrawn.status_code == 200
+    assert withdrawn.json()["withdrawnBy"] == "api-key"
+    assert again.status_code == 404
+    assert "has no winner in force" in again.json()["message"]
+    assert shown_after["decision"]["withdrawnAt"] is not None
+    assert pending == []
+    assert audit == [
+        ("split.winner_declared", {"step": "ab", "winner": "A", "previous": None}),
+        ("split.winner_declared", {"step": "ab", "winner": "B", "previous": "A"}),
+        ("split.winner_withdrawn", {"step": "ab", "winner": "B"}),
+    ]
+
+
+async def test_declaring_winner_names_the_problem(
+    engine: sa.Engine, api: httpx.AsyncClient
+) -> None:
+    ab_rows(engine)
+    base = "/api/v1/nurturing/campaigns"
+
+    unknown_variant = await api.put(WINNER, json={"variant": "C"})
+    empty = await api.put(WINNER, json={"variant": ""})
+    not_split = await api.put(f"{base}/ab-test/splits/mail-a/winner", json={})
+    no_step = await api.put(f"{base}/ab-test/splits/nope/winner", json={"variant": "A"})
+    no_campaign = await api.put(f"{base}/nope/splits/ab/winner", json={"variant": "A"})
+    nothing_to_withdraw = await api.delete(WINNER)
+
+    assert unknown_variant.status_code == 422
+    (error,) = unknown_variant.json()["errors"]
+    assert error["path"] == "variant"
+    assert "use one of: A, B" in error["message"]
+    assert empty.status_code == 422
+    assert not_split.status_code == 422
+    assert no_step.status_code == 404
+    assert "does not exist; its split steps: ab" in no_step.json()["message"]
+    assert no_campaign.status_code == 404
+    assert nothing_to_withdraw.status_code == 404
 
 
 # Acquisition and spend.
@@ -1567,6 +1636,33 @@ async def test_winner_rule_fires_for_new_enrollments(stack: Stack) -> None:
         task_queue=stack.settings.task_queue,
     )
     assert again.decided == []
+
+    # A marketer withdraws the rule's choice: new leads draw at random again,
+    # and the rule does not fire again on the same figures.
+    winner_path = f"/api/v1/nurturing/campaigns/{campaign_id}/splits/ab/winner"
+    withdrawn = await stack.api.delete(winner_path)
+    assert withdrawn.status_code == 200, withdrawn.text
+    drawn = [
+        await capture(stack, f"drawn{i}@company.com", "webinar", "spring")
+        for i in range(2)
+    ]
+    drawn_variants = await split_variants(stack, campaign_id, drawn)
+    assert assignments(stack, drawn) == {
+        lead_id: (name, False) for lead_id, name in drawn_variants.items()
+    }
+    after_withdrawal = await stack.client.execute_workflow(
+        SplitWinnerWorkflow.run,
+        SplitWinnerCheckInput(),
+        id=f"split-winners-test-{uuid.uuid4().hex[:8]}",
+        task_queue=stack.settings.task_queue,
+    )
+    assert after_withdrawal.decided == []
+    # Then declares the control the winner by hand.
+    declared = await stack.api.put(winner_path, json={"variant": "A"})
+    assert declared.status_code == 200, declared.text
+    chosen = [await capture(stack, "chosen@company.com", "webinar", "spring")]
+    assert await split_variants(stack, campaign_id, chosen) == {chosen[0]: "A"}
+    assert assignments(stack, chosen) == {chosen[0]: ("A", True)}
 
 
 async def test_winner_schedule_runs_check(stack: Stack) -> None:

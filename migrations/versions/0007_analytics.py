@@ -1,5 +1,7 @@
 """Analytics: split assignments and decisions, channel spend, MQL time, indexes.
 
+Also the dashboard's sessions, so that signing out ends one on the server.
+
 `leads.mql_at` is kept by a trigger, so every write path that moves a lead
 to mql or a later stage (scoring, batch rescoring, outcomes, imports) sets
 it without knowing about it. Leads already past mql keep NULL: the time they
@@ -105,9 +107,27 @@ def upgrade() -> None:
         sa.Column("winner", sa.String(), nullable=False),
         sa.Column("control", sa.String(), nullable=False),
         sa.Column("decided_at", UTC_DATETIME(), nullable=False),
+        sa.Column("decided_by", sa.String(), nullable=False),
         sa.Column("rule", sa.JSON(), nullable=False),
         sa.Column("figures", sa.JSON(), nullable=False),
+        sa.Column("withdrawn_at", UTC_DATETIME(), nullable=True),
+        sa.Column("withdrawn_by", sa.String(), nullable=True),
         sa.UniqueConstraint("campaign_id", "step_id"),
+    )
+    op.create_table(
+        "dashboard_sessions",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("token_hash", sa.String(), nullable=False, unique=True),
+        sa.Column("key_ref", sa.String(), nullable=False),
+        sa.Column("key_fingerprint", sa.String(), nullable=False),
+        sa.Column("created_at", UTC_DATETIME(), nullable=False),
+        sa.Column("expires_at", UTC_DATETIME(), nullable=False),
+        sa.Column("ended_at", UTC_DATETIME(), nullable=True),
+        sqlite_autoincrement=True,
+    )
+    op.create_index("ix_dashboard_sessions_key_ref", "dashboard_sessions", ["key_ref"])
+    op.create_index(
+        "ix_dashboard_sessions_expires_at", "dashboard_sessions", ["expires_at"]
     )
     op.create_table(
         "channel_spend",
@@ -152,6 +172,9 @@ def downgrade() -> None:
     op.drop_index("ix_enrollments_enrolled_at", "enrollments")
     op.drop_index("ix_enrollments_campaign_enrolled_at", "enrollments")
     op.drop_table("channel_spend")
+    op.drop_index("ix_dashboard_sessions_expires_at", "dashboard_sessions")
+    op.drop_index("ix_dashboard_sessions_key_ref", "dashboard_sessions")
+    op.drop_table("dashboard_sessions")
     op.drop_table("split_decisions")
     op.drop_index("ix_split_assignments_split", "split_assignments")
     op.drop_table("split_assignments")

@@ -91,8 +91,16 @@ class DecisionOut(CamelModel):
     control: str
     campaign_version: int
     decided_at: datetime
+    decided_by: str = Field(
+        description='"rule" when the winner rule fired, else who declared it.'
+    )
     rule: dict[str, Any]
     figures: dict[str, Any]
+    withdrawn_at: datetime | None = Field(
+        description="Set once withdrawn: the split draws at random again, and "
+        "its rule does not fire again."
+    )
+    withdrawn_by: str | None
 
 
 class SplitResult(CamelModel):
@@ -146,7 +154,7 @@ def assignment_counts_query(
 Counts = dict[tuple[str, str], dict[str, Any]]
 
 
-def _assignment_counts(
+def assignment_counts(
     connection: sa.Connection,
     time_range: TimeRange,
     campaign_ids: Sequence[str] | None = None,
@@ -214,6 +222,17 @@ def variant_results(
     return results
 
 
+def decision_figures(
+    variants: list[VariantResult], significance: float
+) -> dict[str, Any]:
+    """The figures a decision stores: the method and each variant's result."""
+    return {
+        "method": AB_METHOD,
+        "significancePerTest": significance / max(1, len(variants) - 1),
+        "variants": [v.model_dump(mode="json", by_alias=True) for v in variants],
+    }
+
+
 def judge_split(rule: WinnerRule, variants: list[VariantResult]) -> str | None:
     """Return the winning variant once the rule fires, else None.
 
@@ -262,14 +281,17 @@ def _split_steps(
     return splits
 
 
-def _decision_out(row: Any) -> DecisionOut:
+def decision_out(row: Any) -> DecisionOut:
     return DecisionOut(
         winner=row.winner,
         control=row.control,
         campaign_version=row.campaign_version,
         decided_at=row.decided_at,
+        decided_by=row.decided_by,
         rule=row.rule,
         figures=row.figures,
+        withdrawn_at=row.withdrawn_at,
+        withdrawn_by=row.withdrawn_by,
     )
 
 
@@ -281,7 +303,7 @@ def split_results(
 ) -> list[SplitResult]:
     """Return the A/B result of every split, with its winner decision if any."""
     ids = [campaign_id] if campaign_id is not None else None
-    counts = _assignment_counts(connection, time_range, ids)
+    counts = assignment_counts(connection, time_range, ids)
     splits = _split_steps(connection, campaign_id)
     decisions_query = sa.select(DECISIONS)
     if campaign_id is not None:
@@ -305,7 +327,7 @@ def split_results(
                 confidence=confidence,
                 significance=significance,
                 winner_rule=rule,
-                decision=_decision_out(decision) if decision else None,
+                decision=decision_out(decision) if decision else None,
                 variants=variant_results(
                     step, counts.get((campaign, step_id), {}), confidence, significance
                 ),
@@ -324,7 +346,10 @@ class PendingSplit:
 
 
 def pending_splits(connection: sa.Connection) -> list[PendingSplit]:
-    """Find the undecided splits with a winner rule in active campaigns."""
+    """Find the undecided splits with a winner rule in active campaigns.
+
+    A withdrawn decision counts as decided: its rule does not fire again.
+    """
     rows = connection.execute(
         sa.select(CAMPAIGNS.c.id, CAMPAIGNS.c.current_version, VERSIONS.c.definition)
         .join(
@@ -367,7 +392,7 @@ def decide_winners(connection: sa.Connection, now: datetime) -> list[dict[str, A
     pending = pending_splits(connection)
     if not pending:
         return []
-    counts = _assignment_counts(
+    counts = assignment_counts(
         connection, TimeRange(), sorted({split.campaign_id for split in pending})
     )
     decisions = []
@@ -389,14 +414,9 @@ def decide_winners(connection: sa.Connection, now: datetime) -> list[dict[str, A
             "winner": winner,
             "control": variants[0].variant,
             "decided_at": now,
+            "decided_by": "rule",
             "rule": split.rule.model_dump(mode="json", by_alias=True),
-            "figures": {
-                "method": AB_METHOD,
-                "significancePerTest": split.rule.significance / (len(variants) - 1),
-                "variants": [
-                    v.model_dump(mode="json", by_alias=True) for v in variants
-                ],
-            },
+            "figures": decision_figures(variants, split.rule.significance),
         }
         try:
             with connection.begin_nested():

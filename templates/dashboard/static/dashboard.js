@@ -295,9 +295,13 @@ async function campaignFunnel(campaignId) {
 
 function decisionText(split) {
   const challengers = Math.max(split.variants.length - 1, 1);
-  if (split.decision) {
-    const decision = split.decision;
-    return `Winner: ${decision.winner}, decided ${formatTime(decision.decidedAt)} on version ${decision.campaignVersion}. New enrollments that reach this split take ${decision.winner}.`;
+  const decision = split.decision;
+  if (decision && decision.withdrawnAt) {
+    return `Winner ${decision.winner} was withdrawn by ${decision.withdrawnBy} at ${formatTime(decision.withdrawnAt)}: the split draws at random again, and its rule does not fire again.`;
+  }
+  if (decision) {
+    const by = decision.decidedBy === "rule" ? "by the winner rule" : `by ${decision.decidedBy}`;
+    return `Winner: ${decision.winner}, decided ${by} at ${formatTime(decision.decidedAt)} on version ${decision.campaignVersion}. New enrollments that reach this split take ${decision.winner}.`;
   }
   if (split.winnerRule) {
     const rule = split.winnerRule;
@@ -347,7 +351,8 @@ function splitResult(split, confidence) {
   const article = el("article", null, "split");
   article.dataset.step = split.step;
   article.append(el("h3", `Split ${split.step} · control ${split.control}`));
-  article.append(el("p", decisionText(split), split.decision ? "decision winner" : "decision"));
+  const inForce = split.decision && !split.decision.withdrawnAt;
+  article.append(el("p", decisionText(split), inForce ? "decision winner" : "decision"));
   const wrap = el("div", null, "table-wrap");
   wrap.append(variantsTable(split, confidence));
   article.append(wrap);
