@@ -29,11 +29,18 @@ from fastapi import FastAPI
 from sqlmodel import col, select
 
 from api.app import create_app
-from api.routes.dashboard import SESSION_COOKIE, issue_session
+from api.routes.dashboard import SESSION_COOKIE
 from nurture.config import Settings
 from nurture.db import session_scope
-from nurture.keys import ROLES, create_key
-from nurture.models import ApiKey, AuditEntry, Campaign, Lead, utcnow
+from nurture.keys import ROLES, create_key, hash_key
+from nurture.models import (
+    ApiKey,
+    AuditEntry,
+    Campaign,
+    DashboardSession,
+    Lead,
+    utcnow,
+)
 from tests.conftest import API_KEY, Stack, closed_port, make_settings
 from tests.fakes import FakeSendGrid, FakeTwilio
 from tests.test_analytics import (
@@ -185,8 +192,13 @@ async def test_sign_in_sets_session_cookie(
     assert cookie["path"] == "/"
     assert not cookie["secure"]
     assert 12 * 3600 - 5 <= int(cookie["max-age"]) <= 12 * 3600
-    assert cookie.value.startswith(f"{key_id}.")
     assert key not in response.headers["set-cookie"]
+    with session_scope(engine) as session:
+        stored = session.exec(select(DashboardSession)).one()
+        # The server keeps the token's hash only, and which key it belongs to.
+        assert stored.token_hash == hash_key(cookie.value)
+        assert stored.key_ref == str(key_id)
+        assert stored.ended_at is None
     assert funnel.status_code == 200, funnel.text
     assert audit_actions(engine, action="dashboard.signed_in") == [
         ("dashboard.signed_in", f"key:{key_id}:dash marketer")
@@ -240,8 +252,8 @@ async def test_wrong_key_gets_clear_error(
     assert "set-cookie" not in integration.headers
 
 
-async def test_sign_out_clears_cookie(
-    client: httpx.AsyncClient, keys: dict[str, tuple[int, str]]
+async def test_sign_out_ends_session(
+    client: httpx.AsyncClient, keys: dict[str, tuple[int, str]], engine: sa.Engine
 ) -> None:
     session = await session_of(client, keys["sales_rep"][1])
     page = await client.get("/dashboard/leads", headers=with_cookie(session))
@@ -262,6 +274,8 @@ async def test_sign_out_clears_cookie(
         "/dashboard/sign-out", data={"csrf": csrf}, headers=with_cookie(session)
     )
     notice = await client.get(signed_out.headers["location"])
+    # A copy of the cookie kept after sign-out no longer works.
+    replayed = await client.get(FUNNEL, headers=with_cookie(session))
 
     assert page.status_code == 200
     assert forged.status_code == 403
@@ -274,6 +288,11 @@ async def test_sign_out_clears_cookie(
     assert cleared.value == ""
     assert cleared["max-age"] == "0"
     assert "You are signed out." in notice.text
+    assert replayed.status_code == 401
+    assert "was signed out" in replayed.json()["message"]
+    assert audit_actions(engine, action="dashboard.signed_out") == [
+        ("dashboard.signed_out", f"key:{keys['sales_rep'][0]}:dash sales_rep")
+    ]
 
 
 async def test_revoked_or_expired_key_ends_session(
@@ -317,40 +336,66 @@ async def test_revoked_or_expired_key_ends_session(
 async def test_forged_or_old_session_rejected(
     apps: Apps, engine: sa.Engine, keys: dict[str, tuple[int, str]]
 ) -> None:
-    marketer_id, marketer = keys["marketer"]
-    rep_id, _rep = keys["sales_rep"]
-    settings = apps.settings(unsubscribe_secret="s" * 32)
-    async with apps.client(unsubscribe_secret="s" * 32) as client:
+    marketer = keys["marketer"][1]
+    async with apps.client() as client:
         session = await session_of(client, marketer)
+        old = await session_of(client, marketer)
         installation = await session_of(client, API_KEY)
         with session_scope(engine) as db:
-            stored = db.get(ApiKey, marketer_id)
-            assert stored is not None
-            fingerprint = stored.key_hash
-        ref, expires, signature = session.split(".")
+            stored = db.exec(
+                select(DashboardSession).where(
+                    DashboardSession.token_hash == hash_key(old)
+                )
+            ).one()
+            stored.expires_at = utcnow() - timedelta(seconds=1)
+            db.add(stored)
         cases = {
-            "changed signature": f"{ref}.{expires}.{signature[:-2]}AA",
-            "later expiry": f"{ref}.{int(expires) + 3600}.{signature}",
-            "other key": f"{rep_id}.{expires}.{signature}",
-            "no signature": f"{ref}.{expires}",
-            "past expiry": issue_session(
-                settings, ref, fingerprint, utcnow() - timedelta(seconds=1)
-            ),
+            "changed token": f"{session[:-2]}AA",
+            "made up": "x" * 43,
+            "too long": "x" * 5000,
+            "past expiry": old,
         }
         answers = {
             name: (await client.get(FUNNEL, headers=with_cookie(value))).status_code
             for name, value in cases.items()
         }
+        expired = await client.get(FUNNEL, headers=with_cookie(old))
         own = await client.get(FUNNEL, headers=with_cookie(session))
-    # The same secret, but another NURTURE_API_KEY: its old sessions end.
-    async with apps.client(unsubscribe_secret="s" * 32, api_key="k" * 32) as other:
+    # Another NURTURE_API_KEY: the sessions of the old one end.
+    async with apps.client(api_key="k" * 32) as other:
         rotated = await other.get(FUNNEL, headers=with_cookie(installation))
         still = await other.get(FUNNEL, headers=with_cookie(session))
 
     assert own.status_code == 200
     assert answers == dict.fromkeys(cases, 401)
+    assert "has expired" in expired.json()["message"]
     assert rotated.status_code == 401
+    assert "its key was replaced" in rotated.json()["message"]
     assert still.status_code == 200
+
+
+async def test_sign_in_deletes_sessions_ended_long_ago(
+    client: httpx.AsyncClient, keys: dict[str, tuple[int, str]], engine: sa.Engine
+) -> None:
+    key = keys["sales_rep"][1]
+    recent, stale = await session_of(client, key), await session_of(client, key)
+    with session_scope(engine) as db:
+        for token, days in ((recent, 0), (stale, 2)):
+            row = db.exec(
+                select(DashboardSession).where(
+                    DashboardSession.token_hash == hash_key(token)
+                )
+            ).one()
+            row.expires_at = utcnow() - timedelta(days=days, seconds=1)
+            db.add(row)
+
+    await session_of(client, key)
+
+    with session_scope(engine) as db:
+        left = set(db.exec(select(DashboardSession.token_hash)).all())
+    assert hash_key(recent) in left
+    assert hash_key(stale) not in left
+    assert len(left) == 2
 
 
 async def test_next_stays_on_dashboard(
@@ -727,6 +772,16 @@ async def test_browser_campaign_funnel_draws(
         ).all_text_contents()
         decision = await page.locator("#ab-results .decision").text_content()
         method = await page.locator("#ab-method").text_content()
+        winner = f"/api/v1/nurturing/campaigns/{campaign_id}/splits/ab/winner"
+        declared = await stack.api.put(winner, json={"variant": "B"})
+        await page.reload()
+        shown = page.locator("#ab-results .decision.winner")
+        await shown.wait_for(timeout=10_000)
+        declared_text = await shown.text_content()
+        withdrawn = await stack.api.delete(winner)
+        await page.reload()
+        await page.locator("#ab-results .split").wait_for(timeout=10_000)
+        withdrawn_text = await page.locator("#ab-results .decision").text_content()
         await page.goto(f"{base}/dashboard/campaigns")
         await page.locator(
             f'canvas[data-campaign="{campaign_id}"][data-drawn]'
@@ -745,6 +800,11 @@ async def test_browser_campaign_funnel_draws(
     assert variants == ["A (control)", "B"]
     assert [v["variant"] for v in ab["splits"][0]["variants"]] == ["A", "B"]
     assert decision is not None and decision.startswith("No winner rule")
+    assert (declared.status_code, withdrawn.status_code) == (200, 200)
+    assert declared_text is not None
+    assert declared_text.startswith("Winner: B, decided by api-key at ")
+    assert withdrawn_text is not None
+    assert withdrawn_text.startswith("Winner B was withdrawn by api-key at ")
     assert method == ab["method"]
     assert errors == []
 

@@ -3,14 +3,16 @@
 The pages are Jinja2 templates. Their charts and most of their tables are
 drawn in the browser by `static/dashboard.js` from the API's own JSON
 (analytics, leads, journeys), which the browser fetches with the session
-cookie. The cookie contains the key's id, an expiry and an HMAC signature,
-never the key. Every request looks the key up again, so revoking the key or
-its expiry ends the session at once.
+cookie. The cookie contains a random token, never the key. The server keeps its
+hash in `dashboard_sessions` with the key it belongs to. Every request looks
+both up again, so signing out, revoking the key or its expiry ends the
+session at once.
 """
 
 import base64
 import hashlib
 import hmac
+import secrets
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -29,7 +31,15 @@ from api.errors import ApiError
 from nurture.config import Settings
 from nurture.keys import LAST_USED_RESOLUTION, Principal, Role, authenticate, hash_key
 from nurture.lead_scoring import load_context
-from nurture.models import ApiKey, AuditEntry, Campaign, CampaignVersion, Lead, utcnow
+from nurture.models import (
+    ApiKey,
+    AuditEntry,
+    Campaign,
+    CampaignVersion,
+    DashboardSession,
+    Lead,
+    utcnow,
+)
 from nurture.privacy import is_erased
 from nurture.schemas import MAX_DB_INTEGER
 
@@ -76,19 +86,8 @@ def _session_secret(settings: Settings) -> bytes:
     ).digest()
 
 
-def _signature(settings: Settings, ref: str, expires: int, fingerprint: str) -> str:
-    # The key's hash is signed too: a cookie cannot be made without it, and a
-    # new NURTURE_API_KEY ends the sessions of the old one.
-    message = f"session:{ref}:{expires}:{fingerprint}".encode()
-    return _b64(hmac.new(_session_secret(settings), message, hashlib.sha256).digest())
-
-
-def issue_session(
-    settings: Settings, ref: str, fingerprint: str, expires_at: datetime
-) -> str:
-    """Return a session cookie value: the key's id, expiry (Unix time) and HMAC."""
-    expires = int(expires_at.timestamp())
-    return f"{ref}.{expires}.{_signature(settings, ref, expires, fingerprint)}"
+# Ended and expired sessions stay a day, so a late request reads why it ended.
+SESSION_ROWS_KEPT = timedelta(days=1)
 
 
 def csrf_token(settings: Settings, session: str) -> str:
@@ -152,22 +151,34 @@ def _record_use(engine: sa.Engine, row: ApiKey) -> None:
             session.commit()
 
 
+def _stored_session(engine: sa.Engine, token: str) -> DashboardSession | None:
+    if not token or len(token) > 200:
+        return None
+    with Session(engine, expire_on_commit=False) as session:
+        return session.exec(
+            select(DashboardSession).where(
+                DashboardSession.token_hash == hash_key(token)
+            )
+        ).first()
+
+
 def session_principal(token: str, settings: Settings, engine: sa.Engine) -> Principal:
     """Return the principal of a session cookie, or raise SessionEnded (401)."""
-    ref, _, rest = token.partition(".")
-    expires_text, _, signature = rest.partition(".")
-    if not _is_number(expires_text) or len(expires_text) > 12 or not signature:
-        raise SessionEnded("cookie is malformed")
-    expires = int(expires_text)
-    key = _session_key(settings, engine, ref)
-    expected = _signature(settings, ref, expires, key.fingerprint if key else "")
-    if key is None or not hmac.compare_digest(signature.encode(), expected.encode()):
-        raise SessionEnded("cookie does not match any current key")
-    if expires <= utcnow().timestamp():
+    stored = _stored_session(engine, token)
+    if stored is None:
+        raise SessionEnded("cookie does not match any session")
+    if stored.ended_at is not None:
+        raise SessionEnded("was signed out")
+    now = utcnow()
+    if stored.expires_at <= now:
         raise SessionEnded("has expired")
+    key = _session_key(settings, engine, stored.key_ref)
+    if key is None or not hmac.compare_digest(
+        key.fingerprint.encode(), stored.key_fingerprint.encode()
+    ):
+        raise SessionEnded("ended: its key was replaced or deleted")
     row = key.row
     if row is not None:
-        now = utcnow()
         if row.revoked_at is not None or (
             row.expires_at is not None and row.expires_at <= now
         ):
@@ -455,11 +466,33 @@ def _match_key(engine: sa.Engine, settings: Settings, key: str) -> _KeyMatch | N
 def _start_session(
     engine: sa.Engine, settings: Settings, match: _KeyMatch
 ) -> tuple[str, datetime]:
-    """Write the sign-in to the audit log; return the cookie and its expiry."""
-    expires_at = utcnow() + timedelta(hours=settings.dashboard_session_hours)
+    """Store a new session and audit the sign-in; return its token and expiry.
+
+    Also deletes the sessions that ended or expired more than a day ago.
+    """
+    now = utcnow()
+    expires_at = now + timedelta(hours=settings.dashboard_session_hours)
     if match.expires_at is not None:
         expires_at = min(expires_at, match.expires_at)
+    token = secrets.token_urlsafe(32)
     with Session(engine) as session:
+        session.execute(
+            sa.delete(DashboardSession).where(
+                sa.or_(
+                    col(DashboardSession.expires_at) < now - SESSION_ROWS_KEPT,
+                    col(DashboardSession.ended_at) < now - SESSION_ROWS_KEPT,
+                )
+            )
+        )
+        session.add(
+            DashboardSession(
+                token_hash=hash_key(token),
+                key_ref=match.ref,
+                key_fingerprint=match.fingerprint,
+                created_at=now,
+                expires_at=expires_at,
+            )
+        )
         session.add(
             AuditEntry(
                 actor=match.principal.actor,
@@ -470,7 +503,32 @@ def _start_session(
             )
         )
         session.commit()
-    return issue_session(settings, match.ref, match.fingerprint, expires_at), expires_at
+    return token, expires_at
+
+
+def _end_session(engine: sa.Engine, settings: Settings, token: str) -> None:
+    """Mark the session signed out, and audit it, unless it already ended."""
+    with Session(engine) as session:
+        stored = session.exec(
+            select(DashboardSession).where(
+                DashboardSession.token_hash == hash_key(token)
+            )
+        ).first()
+        if stored is None or stored.ended_at is not None:
+            return
+        stored.ended_at = utcnow()
+        session.add(stored)
+        key = _session_key(settings, engine, stored.key_ref)
+        session.add(
+            AuditEntry(
+                actor=key.principal.actor if key else f"key:{stored.key_ref}",
+                action="dashboard.signed_out",
+                entity_type="api_key",
+                entity_id=stored.key_ref,
+                detail={"sessionId": stored.id},
+            )
+        )
+        session.commit()
 
 
 @router.post("/sign-in")
@@ -525,7 +583,10 @@ def sign_in(
 
 @router.post("/sign-out")
 def sign_out(
-    request: Request, settings: SettingsDep, csrf: Annotated[str, Form()] = ""
+    request: Request,
+    settings: SettingsDep,
+    engine: EngineDep,
+    csrf: Annotated[str, Form()] = "",
 ) -> Response:
     check_same_origin(request, settings)
     token = request.cookies.get(SESSION_COOKIE)
@@ -538,6 +599,8 @@ def sign_out(
             "the sign-out form did not carry this session's token; use the "
             "Sign out button of a dashboard page",
         )
+    if token:
+        _end_session(engine, settings, token)
     response = RedirectResponse(f"{DASHBOARD_PATH}/sign-in?notice=signed-out", 303)
     _clear_cookie(response, settings)
     return response
