@@ -12,7 +12,7 @@ from sqlmodel import Session
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from api.errors import ApiError
+from api.errors import OUTAGE_RETRY_AFTER_SECONDS, ApiError
 from nurture.config import Settings
 from nurture.keys import Principal, Role, authenticate
 from nurture.temporal import connect
@@ -24,7 +24,8 @@ class TemporalUnavailable(ApiError):
             503,
             "temporal_unavailable",
             f"the workflow engine at {address} is unreachable ({error}); "
-            "retry in a moment",
+            f"retry in {OUTAGE_RETRY_AFTER_SECONDS} seconds",
+            headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)},
         )
 
 

@@ -26,8 +26,9 @@ from nurture.schemas import json_path
 
 logger = logging.getLogger(__name__)
 
-# Seconds a client is asked to wait (Retry-After) while the database is down.
-DATABASE_RETRY_AFTER_SECONDS = 5
+# Seconds a client is asked to wait (Retry-After) while the database or
+# Temporal is down: every 503 of an outage sends the same value.
+OUTAGE_RETRY_AFTER_SECONDS = 5
 
 
 class FieldError(BaseModel):
@@ -229,7 +230,9 @@ def install_error_handlers(app: FastAPI) -> None:
             ApiError(
                 503,
                 "temporal_unavailable",
-                "the workflow engine is unreachable; retry in a moment",
+                "the workflow engine is unreachable; retry in "
+                f"{OUTAGE_RETRY_AFTER_SECONDS} seconds",
+                headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)},
             )
         )
 
@@ -272,7 +275,7 @@ def database_unavailable_response(
         ApiError(
             503,
             "database_unavailable",
-            f"{message}; retry in {DATABASE_RETRY_AFTER_SECONDS} seconds",
-            headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+            f"{message}; retry in {OUTAGE_RETRY_AFTER_SECONDS} seconds",
+            headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)},
         )
     )

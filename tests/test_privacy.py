@@ -17,6 +17,7 @@ from temporalio.client import WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import TemporalGateway
+from api.errors import OUTAGE_RETRY_AFTER_SECONDS
 from api.workflow_calls import finish_erasures
 from nurture.consent import suppression_of
 from nurture.db import session_scope
@@ -234,7 +235,7 @@ async def test_erasure_finishes_after_temporal_comes_back(
 
     assert down.status_code == 503, down.text
     assert "removed from the database" in down.json()["message"]
-    assert down.headers["retry-after"] == "30"
+    assert down.headers["retry-after"] == str(OUTAGE_RETRY_AFTER_SECONDS)
     assert tables_holding(stack.engine, PERSONAL) == {}
     with session_scope(stack.engine) as session:
         pending = session.exec(select(Erasure)).one()

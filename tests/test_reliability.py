@@ -30,7 +30,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
-from api.errors import DATABASE_RETRY_AFTER_SECONDS
+from api.errors import OUTAGE_RETRY_AFTER_SECONDS
 from nurture.codec import data_converter
 from nurture.db import (
     POSTGRES_CONNECT_DEFAULTS,
@@ -43,6 +43,7 @@ from nurture.logs import log_handler
 from nurture.models import Enrollment, Lead, Message
 from nurture.temporal import DEV_SERVER_SEARCH_ATTRIBUTES, nurture_workflow_id
 from tests.conftest import (
+    API_KEY,
     PAYLOAD_ENCRYPTION_KEYS,
     Stack,
     closed_port,
@@ -208,11 +209,29 @@ def assert_database_unavailable(response: httpx.Response) -> None:
         "error": "database_unavailable",
         "message": (
             f"the database is unreachable; retry in "
-            f"{DATABASE_RETRY_AFTER_SECONDS} seconds"
+            f"{OUTAGE_RETRY_AFTER_SECONDS} seconds"
         ),
         "errors": [],
     }
-    assert response.headers["retry-after"] == str(DATABASE_RETRY_AFTER_SECONDS)
+    assert response.headers["retry-after"] == str(OUTAGE_RETRY_AFTER_SECONDS)
+
+
+async def test_temporal_outage_503_retry_after(
+    temporal_down: httpx.AsyncClient,
+) -> None:
+    key = {"Authorization": f"Bearer {API_KEY}"}
+    lead = example("lead.json")
+    captured = await temporal_down.post("/api/v1/leads", json=lead, headers=key)
+    lead_id = captured.json()["id"]
+    journey = await temporal_down.get(f"/api/v1/leads/{lead_id}/journey", headers=key)
+
+    # Capture stores the lead and leaves its workflow to the reconciler.
+    assert captured.status_code == 201, captured.text
+    assert journey.status_code == 503, journey.text
+    assert journey.json()["error"] == "temporal_unavailable"
+    message = journey.json()["message"]
+    assert f"retry in {OUTAGE_RETRY_AFTER_SECONDS} seconds" in message
+    assert journey.headers["retry-after"] == str(OUTAGE_RETRY_AFTER_SECONDS)
 
 
 async def test_postgres_outage_503_then_resumes(

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from temporalio.service import RPCError
 
 from api.deps import AdminDep, EngineDep, GatewayDep, SessionDep, TemporalUnavailable
-from api.errors import ApiError, ErrorBody, error_responses
+from api.errors import OUTAGE_RETRY_AFTER_SECONDS, ApiError, ErrorBody, error_responses
 from api.routes.leads import get_lead_or_404
 from nurture.config import DATA_DIR
 from nurture.db import session_scope
@@ -156,7 +156,7 @@ async def erase(
             f"{erasure.id}), but its workflows could not be deleted: {message}. "
             "Send the DELETE again, or let the API's reconciler finish it; "
             f"GET /api/v1/erasures/{lead_id} shows the status",
-            headers={"Retry-After": "30"},
+            headers={"Retry-After": str(OUTAGE_RETRY_AFTER_SECONDS)},
         ) from None
     erasure = await run_in_threadpool(
         finish_erasure, engine, erasure.id, workflows, None
