@@ -50,8 +50,10 @@ def _list(_args: argparse.Namespace) -> int:
             if row.expires_at and row.expires_at <= utcnow()
             else "active"
         )
+        until = f"{row.expires_at:%Y-%m-%d}" if row.expires_at else "never"
         print(  # noqa: T201
-            f"{row.id:>4}  {row.prefix}…  {row.role:<11}  {state:<7}  {row.name}"
+            f"{row.id:>4}  {row.prefix}…  {row.role:<11}  {state:<7}  "
+            f"expires {until:<10}  {row.name}"
         )
     return 0
 

@@ -191,10 +191,29 @@ def test_cli_creates_lists_and_revokes(
     try:
         assert cli(["keys", "create", "--role", "marketer", "--name", "Spring"]) == 0
         key = capsys.readouterr().out.splitlines()[1]
+        assert (
+            cli(
+                [
+                    "keys",
+                    "create",
+                    "--role",
+                    "sales_rep",
+                    "--name",
+                    "Summer",
+                    "--expires-in-days",
+                    "30",
+                ]
+            )
+            == 0
+        )
+        capsys.readouterr()
         assert cli(["keys", "list"]) == 0
         listing = capsys.readouterr().out
         with session_scope(engine) as session:
-            (row,) = session.query(ApiKey).all()
+            row = session.query(ApiKey).filter_by(name="Spring").one()
+            summer = session.query(ApiKey).filter_by(name="Summer").one()
+            assert summer.expires_at is not None
+            summer_expiry = f"{summer.expires_at:%Y-%m-%d}"
             assert authenticate(session, key) is not None
         assert cli(["keys", "revoke", str(row.id)]) == 0
         assert cli(["keys", "revoke", "999999"]) == 1
@@ -203,6 +222,9 @@ def test_cli_creates_lists_and_revokes(
 
     assert "marketer" in listing
     assert "Spring" in listing
+    lines = {line.split()[-1]: line for line in listing.splitlines()}
+    assert "expires never" in lines["Spring"]
+    assert f"expires {summer_expiry}" in lines["Summer"]
     assert key not in listing
     with session_scope(engine) as session:
         assert authenticate(session, key) is None
