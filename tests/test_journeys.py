@@ -10,9 +10,10 @@ from sqlmodel import select
 from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError
 
-from nurture.campaigns import SplitStep
+from api.routes.lifecycle import start_enrollment
+from nurture.campaigns import CampaignSpec, SplitStep
 from nurture.db import session_scope
-from nurture.models import Enrollment, Message
+from nurture.models import CampaignVersion, Enrollment, Message
 from nurture.temporal import lead_workflow_id, nurture_workflow_id
 from tests.conftest import Stack, StackFactory, example
 from workflows.lead import LeadWorkflow
@@ -602,6 +603,36 @@ async def test_manual_enrollment_in_bulk(stack: Stack) -> None:
     assert again.json()[0]["status"] == "skipped"
     await stack.eventually(
         lambda: len(stack.sendgrid.mails()) == 2, message="both welcomed"
+    )
+
+
+async def test_enrollment_started_twice_is_fine(stack: Stack) -> None:
+    campaign_id = await campaign(
+        stack, [{"id": "welcome", **WELCOME}], trigger={"type": "manual"}
+    )
+    lead_id = await lead(stack, "race@company.com")
+    response = await stack.api.post(
+        f"{CAMPAIGNS}/{campaign_id}/enrollments", json={"leadIds": [lead_id]}
+    )
+    assert response.status_code == 201, response.text
+    with session_scope(stack.engine) as session:
+        enrollment = session.exec(
+            select(Enrollment).where(Enrollment.lead_id == lead_id)
+        ).one()
+        definition = session.exec(
+            select(CampaignVersion.definition).where(
+                CampaignVersion.campaign_id == campaign_id
+            )
+        ).one()
+        session.expunge(enrollment)
+
+    # The lead's workflow can start a claimed enrollment before the API does;
+    # the API's start then finds it running, which is not an error.
+    spec = CampaignSpec.model_validate(definition)
+    await start_enrollment(stack.client, stack.settings, spec, enrollment)
+
+    await stack.eventually(
+        lambda: len(stack.sendgrid.mails()) == 1, message="welcomed once"
     )
 
 

@@ -12,6 +12,7 @@ from pydantic import Field
 from sqlmodel import Session, col, select
 from starlette.concurrency import run_in_threadpool
 from temporalio.client import Client
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from api.deps import (
@@ -204,7 +205,42 @@ def _claim_all(
         return spec, version.version, results, claimed
 
 
-async def _start(
+# Workflow starts a bulk enrollment keeps in flight at once.
+START_CONCURRENCY = 20
+
+
+async def start_enrollment(
+    client: Client, settings: Settings, spec: CampaignSpec, enrollment: Enrollment
+) -> None:
+    """Start the enrollment's workflow, unless the lead's workflow already did.
+
+    A lead workflow that wakes up (a fresh capture, an event) starts the
+    enrollments it finds claimed, so it may win the race with this request.
+    """
+    try:
+        await _start_workflow(client, settings, spec, enrollment)
+    except WorkflowAlreadyStartedError:
+        logger.info(
+            "enrollment %s was already started as %s",
+            enrollment.id,
+            enrollment.workflow_id,
+        )
+
+
+async def _start_all(
+    client: Client, settings: Settings, spec: CampaignSpec, claimed: list[Enrollment]
+) -> None:
+    """Start every claimed enrollment, START_CONCURRENCY at a time."""
+    slots = asyncio.Semaphore(START_CONCURRENCY)
+
+    async def start(enrollment: Enrollment) -> None:
+        async with slots:
+            await start_enrollment(client, settings, spec, enrollment)
+
+    await asyncio.gather(*(start(enrollment) for enrollment in claimed))
+
+
+async def _start_workflow(
     client: Client, settings: Settings, spec: CampaignSpec, enrollment: Enrollment
 ) -> None:
     await client.start_workflow(
@@ -246,10 +282,9 @@ async def enroll_leads(
     spec, _version, results, claimed = await run_in_threadpool(
         _claim_all, engine, campaign_id, request.lead_ids, actor
     )
-    for enrollment in claimed:
-        # NOTE: an enrollment whose start fails here stays claimed; the lead's
-        # own workflow starts it at the lead's next event.
-        await _start(temporal, settings, spec, enrollment)
+    # NOTE: an enrollment whose start fails here stays claimed; the lead's
+    # own workflow starts it at the lead's next event.
+    await _start_all(temporal, settings, spec, claimed)
     return results
 
 
