@@ -5,6 +5,7 @@ signature when SENDGRID_WEBHOOK_PUBLIC_KEY is set (unsigned batches are
 accepted without it), and Twilio's X-Twilio-Signature always.
 """
 
+import asyncio
 import json
 import logging
 import time
@@ -15,7 +16,7 @@ from fastapi import APIRouter, Request, Response
 from starlette.concurrency import run_in_threadpool
 from twilio.twiml.messaging_response import MessagingResponse
 
-from api.deps import EngineDep, GatewayDep, SettingsDep
+from api.deps import EngineDep, GatewayDep, SettingsDep, TemporalGateway
 from api.errors import ApiError, FieldError, error_responses, validation_error
 from api.throttle import RATE_LIMITED, rate_limited
 from api.workflow_calls import notify_lead, signal_enrollment
@@ -137,6 +138,67 @@ def _store_all(engine: sa.Engine, events: list[dict[str, Any]]) -> list[StoredEv
         return [store_sendgrid_event(session, event) for event in events]
 
 
+# Leads whose workflows a webhook batch signals at once. Each lead's events
+# go in order, one after another.
+SIGNAL_CONCURRENCY = 8
+
+
+async def _signal_event(
+    temporal: TemporalGateway,
+    settings: Settings,
+    engine: sa.Engine,
+    event: StoredEvent,
+) -> None:
+    if event.type not in SIGNALLED_EVENTS:
+        return
+    if event.enrollment_workflow_id and event.message_id:
+        await signal_enrollment(
+            temporal,
+            event.enrollment_workflow_id,
+            EngagementSignal(
+                message_id=event.message_id, type=event.type, url=event.url
+            ),
+        )
+    if event.lead_id and event.type in LEAD_SIGNAL_EVENTS:
+        await notify_lead(
+            temporal,
+            settings,
+            engine,
+            event.lead_id,
+            BehaviorSignal(
+                event_id=event.event_id,
+                type=event.type,
+                message_id=event.message_id,
+                url=event.url,
+            ),
+        )
+
+
+async def _signal_all(
+    temporal: TemporalGateway,
+    settings: Settings,
+    engine: sa.Engine,
+    events: list[StoredEvent],
+) -> None:
+    """Signal the workflows of stored events, several leads at once.
+
+    A batch of hundreds of events would take a round trip to Temporal per
+    event one after another, past the time SendGrid waits for an answer.
+    """
+    by_lead: dict[str, list[StoredEvent]] = {}
+    for event in events:
+        key = event.lead_id or event.enrollment_workflow_id or ""
+        by_lead.setdefault(key, []).append(event)
+    slots = asyncio.Semaphore(SIGNAL_CONCURRENCY)
+
+    async def signal_lead_events(lead_events: list[StoredEvent]) -> None:
+        async with slots:
+            for event in lead_events:
+                await _signal_event(temporal, settings, engine, event)
+
+    await asyncio.gather(*(signal_lead_events(group) for group in by_lead.values()))
+
+
 @router.post(
     "/sendgrid",
     response_model=WebhookReceipt,
@@ -162,30 +224,7 @@ async def receive_sendgrid_events(
     stored = await run_in_threadpool(_store_all, engine, events)
     count_webhook_events("sendgrid", [event["event"] for event in events])
     fresh = [event for event in stored if not event.duplicate]
-    for event in fresh:
-        if event.type not in SIGNALLED_EVENTS:
-            continue
-        if event.enrollment_workflow_id and event.message_id:
-            await signal_enrollment(
-                temporal,
-                event.enrollment_workflow_id,
-                EngagementSignal(
-                    message_id=event.message_id, type=event.type, url=event.url
-                ),
-            )
-        if event.lead_id and event.type in LEAD_SIGNAL_EVENTS:
-            await notify_lead(
-                temporal,
-                settings,
-                engine,
-                event.lead_id,
-                BehaviorSignal(
-                    event_id=event.event_id,
-                    type=event.type,
-                    message_id=event.message_id,
-                    url=event.url,
-                ),
-            )
+    await _signal_all(temporal, settings, engine, fresh)
     unmatched = sum(1 for event in fresh if event.lead_id is None)
     if unmatched:
         logger.info("sendgrid batch: %d events matched no message or lead", unmatched)
