@@ -190,7 +190,10 @@ def test_cli_creates_lists_and_revokes(
     get_settings.cache_clear()
     try:
         assert cli(["keys", "create", "--role", "marketer", "--name", "Spring"]) == 0
-        key = capsys.readouterr().out.splitlines()[1]
+        created = capsys.readouterr()
+        key = created.out.splitlines()[1]
+        shown = sa.make_url(database_url).render_as_string(hide_password=True)
+        assert created.err.splitlines()[0] == f"database: {shown}"
         assert (
             cli(
                 [
