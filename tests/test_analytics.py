@@ -22,7 +22,12 @@ from temporalio.client import ScheduleIntervalSpec, WorkflowHistory
 from temporalio.worker import Replayer
 
 from activities.journeys import SplitWinnerCheckInput
-from nurture.analytics.splits import VariantResult, judge_split, pending_splits
+from nurture.analytics.splits import (
+    VariantResult,
+    judge_split,
+    pending_splits,
+    wilson_interval,
+)
 from nurture.campaigns import WinnerRule
 from nurture.codec import data_converter
 from nurture.db import session_scope
@@ -590,6 +595,19 @@ async def test_ab_confidence_changes_interval(
     assert report["splits"][0]["confidence"] == 0.9
 
 
+@pytest.mark.parametrize(("successes", "trials"), [(0, 7), (0, 40), (40, 40), (7, 7)])
+def test_wilson_bounds_exact_at_ends(successes: int, trials: int) -> None:
+    interval = wilson_interval(successes, trials)
+
+    assert interval is not None
+    low, high = interval
+    if successes == 0:
+        assert low == 0.0
+    if successes == trials:
+        assert high == 1.0
+    assert (low, high) == pytest.approx(textbook_wilson(successes, trials), abs=1e-12)
+
+
 def variant(name: str, assigned: int, converted: int, **test: Any) -> VariantResult:
     return VariantResult(
         variant=name,
@@ -981,6 +999,7 @@ async def test_spend_replaced_whole_and_audited(
 ) -> None:
     empty = await get_json(api, "/spend")
     first = await api.put(f"{ANALYTICS}/spend", json=SPEND)
+    empty_after_first = await get_json(api, "/spend")
     smaller = {"currency": "USD", "entries": SPEND["entries"][:1]}
     second = await api.put(f"{ANALYTICS}/spend", json=smaller)
     read = await get_json(api, "/spend")
@@ -1015,10 +1034,16 @@ async def test_spend_replaced_whole_and_audited(
         audits = session.exec(
             select(AuditEntry).where(AuditEntry.action == "analytics.spend_replaced")
         ).all()
-    assert [audit.detail for audit in audits] == [
-        {"entries": 3, "currency": "EUR"},
-        {"entries": 1, "currency": "USD"},
+    assert [(a.detail["entries"], a.detail["currency"]) for a in audits] == [
+        (3, "EUR"),
+        (1, "USD"),
     ]
+    # Each entry keeps what it replaced, so a mistaken PUT can be undone.
+    assert audits[0].detail["previous"] == {"currency": None, "entries": []}
+    assert audits[1].detail["previous"] == {
+        "currency": empty_after_first["currency"],
+        "entries": empty_after_first["entries"],
+    }
 
 
 @pytest.mark.parametrize(
@@ -1028,6 +1053,7 @@ async def test_spend_replaced_whole_and_audited(
         ({"amount": "1.234"}, "entries[0].amount", "2 decimal places"),
         ({"periodEnd": "2025-12-31"}, "entries[0].periodEnd", "before periodStart"),
         ({"periodStart": "2026-02-30"}, "entries[0].periodStart", "date"),
+        ({"periodStart": "01/02/2026"}, "entries[0].periodStart", "YYYY-MM-DD"),
         ({"channel": ""}, "entries[0].channel", "at least 1 character"),
         ({"budget": 5}, "entries[0].budget", "not permitted"),
     ],
@@ -1055,6 +1081,12 @@ async def test_spend_rejects_currency_and_duplicates(
     currency = await api.put(
         f"{ANALYTICS}/spend", json={"currency": "euro", "entries": [entry]}
     )
+    unknown = await api.put(
+        f"{ANALYTICS}/spend", json={"currency": "XXZ", "entries": [entry]}
+    )
+    lower_case = await api.put(
+        f"{ANALYTICS}/spend", json={"currency": "eur", "entries": [entry]}
+    )
     duplicate = await api.put(
         f"{ANALYTICS}/spend",
         json={"currency": "EUR", "entries": [entry, {**entry, "amount": 5}]},
@@ -1062,6 +1094,12 @@ async def test_spend_rejects_currency_and_duplicates(
 
     assert currency.status_code == 422
     assert [e["path"] for e in currency.json()["errors"]] == ["currency"]
+    assert unknown.status_code == 422
+    (unknown_error,) = unknown.json()["errors"]
+    assert unknown_error["path"] == "currency"
+    assert "unknown currency 'XXZ'" in unknown_error["message"]
+    assert lower_case.status_code == 200, lower_case.text
+    assert lower_case.json()["currency"] == "EUR"
     assert duplicate.status_code == 422
     (error,) = duplicate.json()["errors"]
     assert error["path"] == "entries[1]"
@@ -1385,8 +1423,14 @@ async def test_unknown_campaign_is_404(api: httpx.AsyncClient) -> None:
             f"{ANALYTICS}{path}", params={"campaignId": "no-such-campaign"}
         )
 
+        empty = await api.get(f"{ANALYTICS}{path}", params={"campaignId": ""})
+
         assert response.status_code == 404
         assert "no-such-campaign" in response.json()["message"]
+        assert empty.status_code == 422
+        (error,) = empty.json()["errors"]
+        assert error["path"] == "campaignId"
+        assert "campaignId is empty" in error["message"]
 
 
 async def test_csv_defuses_formulas(engine: sa.Engine, api: httpx.AsyncClient) -> None:

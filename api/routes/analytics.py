@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
+import pycountry
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
@@ -135,6 +136,17 @@ CampaignFilter = Annotated[
 def _check_campaign(engine: sa.Engine, campaign_id: str | None) -> None:
     if campaign_id is None:
         return
+    if not campaign_id.strip():
+        raise validation_error(
+            [
+                FieldError(
+                    path="campaignId",
+                    message="campaignId is empty: give a campaign id, or leave "
+                    "the parameter out for every campaign",
+                    type="missing",
+                )
+            ]
+        )
     with engine.connect() as connection:
         found = connection.execute(
             sa.select(CAMPAIGNS.c.id).where(CAMPAIGNS.c.id == campaign_id)
@@ -353,9 +365,21 @@ class SpendEntry(StrictCamelModel):
         max_length=200,
         description="A UTM campaign of that channel; leave out for the whole channel.",
     )
-    period_start: date = Field(description="First day, UTC.")
-    period_end: date = Field(description="Last day, UTC, included.")
+    period_start: date = Field(description="First day, UTC, as YYYY-MM-DD.")
+    period_end: date = Field(description="Last day, UTC, included, as YYYY-MM-DD.")
     amount: Decimal = Field(ge=0, max_digits=14, decimal_places=2)
+
+    @field_validator("period_start", "period_end", mode="before")
+    @classmethod
+    def _iso_date(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"invalid date {value!r}: write it as YYYY-MM-DD, e.g. 2026-02-01"
+            ) from None
 
     @field_validator("period_end")
     @classmethod
@@ -375,7 +399,23 @@ class SpendTable(StrictCamelModel):
     currency: str = Field(
         pattern="^[A-Z]{3}$", description="ISO 4217 code of every amount, e.g. EUR."
     )
-    entries: list[SpendEntry] = Field(max_length=MAX_SPEND_ENTRIES)
+    entries: list[SpendEntry] = Field(
+        max_length=MAX_SPEND_ENTRIES,
+        description="Every entry; an empty list deletes all spend.",
+    )
+
+    @field_validator("currency", mode="before")
+    @classmethod
+    def _known_currency(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        code = value.strip().upper()
+        if pycountry.currencies.get(alpha_3=code) is None:
+            raise ValueError(
+                f"unknown currency {value!r}: use an ISO 4217 code such as EUR, "
+                "USD or GBP"
+            )
+        return code
 
 
 class SpendTableOut(CamelModel):
@@ -453,6 +493,9 @@ def replace_spend(
         raise validation_error(errors)
     now = utcnow()
     with engine.begin() as connection:
+        # The audit entry keeps what is replaced, so a PUT by mistake (an
+        # empty list deletes everything) can be undone from it.
+        previous = _read_spend(connection)
         connection.execute(sa.delete(SPEND))
         if body.entries:
             connection.execute(
@@ -479,7 +522,13 @@ def replace_spend(
                 "action": "analytics.spend_replaced",
                 "entity_type": "channel_spend",
                 "entity_id": "all",
-                "detail": {"entries": len(body.entries), "currency": body.currency},
+                "detail": {
+                    "entries": len(body.entries),
+                    "currency": body.currency,
+                    "previous": previous.model_dump(
+                        mode="json", by_alias=True, include={"currency", "entries"}
+                    ),
+                },
             },
         )
         return _read_spend(connection)

@@ -95,6 +95,11 @@ def acquired_leads(time_range: TimeRange) -> sa.Subquery:
     )
 
 
+def _cents(amount: float | None) -> float | None:
+    """Round money to cents: prorated spend divides into long fractions."""
+    return None if amount is None else round(amount, 2)
+
+
 def spend_query(time_range: TimeRange, by_campaign: bool) -> sa.Select[Any]:
     """Sum the spend per channel (and campaign), prorated to the range.
 
@@ -209,10 +214,10 @@ def _level_rows(
                 median_hours_to_conversion=(
                     median.hours_to_conversion if median else None
                 ),
-                spend=amount,
+                spend=_cents(amount),
                 currency=currency,
-                cost_per_lead=ratio(amount, leads),
-                cost_per_customer=ratio(amount, conversions),
+                cost_per_lead=_cents(ratio(amount, leads)),
+                cost_per_customer=_cents(ratio(amount, conversions)),
             )
         )
     return sorted(rows, key=lambda r: (-r.leads, r.channel or "", r.campaign or ""))

@@ -40,7 +40,11 @@ def wilson_interval(
     centre = (share + z * z / (2 * trials)) / denominator
     spread = z * math.sqrt(share * (1 - share) / trials + z * z / (4 * trials**2))
     half = spread / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # With no successes (or no failures) the bound is exactly 0 (or 1);
+    # floating point would give a residue such as 7e-18.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == trials else min(1.0, centre + half)
+    return low, high
 
 
 def two_proportion_z_test(
