@@ -58,6 +58,14 @@ SIGN_IN = "/dashboard/sign-in"
 FUNNEL = "/api/v1/analytics/funnel"
 # The colour dashboard.js fills the funnel's bars with (COLORS.bar).
 BAR_RGB = (0x2F, 0x6F, 0xB3)
+# The colours of the step chart's bars (COLORS.steps), by funnel field.
+STEP_RGB = {
+    "sent": (0xD7, 0xE3, 0xF1),
+    "delivered": (0xA9, 0xC4, 0xE3),
+    "opened": (0x6F, 0x9F, 0xD1),
+    "clicked": (0x3F, 0x78, 0xB8),
+    "goalReached": (0xE0, 0x8A, 0x2C),
+}
 WHITE = (255, 255, 255)
 # Headless, and without the background networking that would otherwise flood
 # the machine's closed network with refused connections.
@@ -706,30 +714,51 @@ async def browser_page(
             await context.close()
 
 
-def bar_lengths(png: bytes) -> list[int]:
-    """Return the length in pixels of each bar of BAR_RGB, top to bottom."""
+@dataclass
+class Block:
+    """A run of consecutive pixel lines containing a colour, with its widest line."""
+
+    top: int
+    height: int
+    length: int
+
+    @property
+    def lines(self) -> range:
+        return range(self.top, self.top + self.height)
+
+
+def color_blocks(png: bytes, rgb: tuple[int, int, int]) -> list[Block]:
+    """Return the blocks of pixel lines containing the colour, top to bottom."""
     from PIL import Image
 
     image = Image.open(io.BytesIO(png)).convert("RGB")
     pixels = image.load()
     assert pixels is not None
     width, height = image.size
-    bars: list[int] = []
-    current = 0
+    blocks: list[Block] = []
+    current: Block | None = None
     for y in range(height):
         run = sum(
             1
             for x in range(width)
-            if all(abs(a - b) <= 6 for a, b in zip(pixels[x, y], BAR_RGB, strict=True))
+            if all(abs(a - b) <= 6 for a, b in zip(pixels[x, y], rgb, strict=True))
         )
-        if run:
-            current = max(current, run)
-        elif current:
-            bars.append(current)
-            current = 0
-    if current:
-        bars.append(current)
-    return bars
+        if run and current is None:
+            current = Block(y, 1, run)
+        elif run and current is not None:
+            current.height += 1
+            current.length = max(current.length, run)
+        elif current is not None:
+            blocks.append(current)
+            current = None
+    if current is not None:
+        blocks.append(current)
+    return blocks
+
+
+def bar_lengths(png: bytes) -> list[int]:
+    """Return the length in pixels of each bar of BAR_RGB, top to bottom."""
+    return [block.length for block in color_blocks(png, BAR_RGB)]
 
 
 def drawn_share(png: bytes) -> float:
@@ -809,6 +838,65 @@ async def test_browser_campaign_funnel_draws(
     assert errors == []
 
 
+async def test_browser_steps_chart_shows_every_measure(
+    chromium: str, stack: Stack, keys: dict[str, tuple[int, str]], tmp_path: Path
+) -> None:
+    campaign_id, _lead_ids = await run_split_campaign(stack)
+    report = (await stack.api.get(FUNNEL, params={"campaignId": campaign_id})).json()
+    steps = [row for row in report["rows"] if row["level"] == "step"]
+    # The converted lead clicked: its step's row has both measures.
+    assert any(row["clicked"] and row["goalReached"] for row in steps), steps
+
+    async with (
+        serving(stack_app(stack)) as base,
+        browser_page(chromium, tmp_path / "profile") as (page, errors),
+    ):
+        await page.set_viewport_size({"width": 1300, "height": 900})
+        await page.goto(f"{base}{SIGN_IN}?next=/dashboard/campaigns/{campaign_id}")
+        await page.fill("#key", keys["marketer"][1])
+        await page.click("button[type=submit]")
+        chart = page.locator("#steps-chart[data-drawn]")
+        await chart.wait_for(timeout=10_000)
+        png = await chart.screenshot()
+        (tmp_path / "steps.png").write_bytes(png)
+        headings = await page.locator("#steps-table th").all_text_contents()
+        table_rows = await page.locator("#steps-table tbody tr").count()
+        wrap = page.locator("#steps .table-wrap")
+        scroll_width, client_width = await wrap.evaluate(
+            "wrap => [wrap.scrollWidth, wrap.clientWidth]"
+        )
+
+    # The first block of each colour is its legend swatch, and the bars follow.
+    bars = {field: color_blocks(png, rgb)[1:] for field, rgb in STEP_RGB.items()}
+    max_sent = max(row["sent"] for row in steps)
+    scale = max(block.length for block in bars["sent"]) / max_sent
+    for field, blocks in bars.items():
+        longest = max(row[field] for row in steps)
+        assert blocks, f"no {field} bar is visible"
+        drawn = max(block.length for block in blocks)
+        assert abs(drawn - round(scale * longest)) <= 1, (field, drawn, steps)
+    clicked = [row["clicked"] for row in steps if row["clicked"]]
+    goals = [row["goalReached"] for row in steps if row["goalReached"]]
+    # Each clicked bar shows whole: one block per row, as long as its count,
+    # not split into thin strips by a bar drawn over it.
+    assert len(bars["clicked"]) == len(clicked), (bars["clicked"], steps)
+    for block, value in zip(bars["clicked"], clicked, strict=True):
+        assert abs(block.length - round(scale * value)) <= 1, (block, steps)
+        assert block.height >= 6, (block, steps)
+    assert len(bars["goalReached"]) == len(goals), (bars["goalReached"], steps)
+    for block, value in zip(bars["goalReached"], goals, strict=True):
+        assert abs(block.length - round(scale * value)) <= 1, (block, steps)
+    clicked_lines = {y for block in bars["clicked"] for y in block.lines}
+    goal_lines = {y for block in bars["goalReached"] for y in block.lines}
+    assert not clicked_lines & goal_lines, "goal reached is drawn over clicked"
+    # At 1300 px the table fits, and each rate follows its count.
+    assert table_rows == len(steps)
+    assert scroll_width <= client_width, (scroll_width, client_width)
+    assert headings.index("Open rate") == headings.index("Opened") + 1
+    assert headings.index("Click rate") == headings.index("Clicked") + 1
+    assert errors == []
+
+
 async def test_browser_lead_page_shows_journey(
     chromium: str, stack: Stack, keys: dict[str, tuple[int, str]], tmp_path: Path
 ) -> None:
@@ -837,6 +925,7 @@ async def test_browser_lead_page_shows_journey(
         await page.locator("body[data-loaded]").wait_for(timeout=10_000)
         reasons = await page.locator("#reasons li").all_text_contents()
         enrollment = await page.locator("#journey .enrollment h3").text_content()
+        meta = await page.locator("#journey .enrollment .meta").text_content()
         steps = await page.locator("#journey .timeline li").all_text_contents()
         action = await page.locator("#next-action").get_attribute("data-action")
         message_rows = await page.locator("#messages tbody tr").count()
@@ -852,6 +941,10 @@ async def test_browser_lead_page_shows_journey(
         assert fact in shown
     assert enrollment is not None and enrollment.startswith(campaign_name)
     assert any("welcome" in step for step in steps), steps
+    # The wait step is the current one: it waits, it is not "next".
+    assert meta is not None
+    assert meta.startswith("at step hold · waiting until "), meta
+    assert "next: hold" not in meta
     assert action == journey["nextAction"]["action"]
     assert message_rows == 1
     assert page_errors == []

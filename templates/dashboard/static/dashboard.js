@@ -7,7 +7,7 @@ const COLORS = {
   background: "#ffffff",
   text: "#222222",
   bar: "#2f6fb3",
-  // Nested step bars: sent, delivered, opened, clicked, goal reached.
+  // Step bars: sent, delivered, opened and clicked nested, then goal reached.
   steps: ["#d7e3f1", "#a9c4e3", "#6f9fd1", "#3f78b8", "#e08a2c"],
 };
 const FONT = "13px system-ui, sans-serif";
@@ -159,37 +159,61 @@ function campaignTotals(rows) {
   return totals;
 }
 
-// One row per step and variant: nested bars of sent, delivered, opened,
-// clicked and goal reached, on the scale of the step with the most sent.
+// The step chart's measures, in the order of its legend and of COLORS.steps.
+// A lead can reach a goal without a click, so goal reached gets its own bar.
+const STEP_MEASURES = [
+  { field: "sent", label: "Sent" },
+  { field: "delivered", label: "Delivered" },
+  { field: "opened", label: "Opened" },
+  { field: "clicked", label: "Clicked" },
+  { field: "goalReached", label: "Goal reached" },
+];
+
+// One row per step and variant: nested bars of sent, delivered, opened and
+// clicked, and under them a bar of goal reached. Every bar is a count, on one
+// scale for all rows, so the rows compare.
 function drawSteps(canvas, rows) {
-  const row = 28;
+  const row = 38;
   const labelWidth = 170;
   const legend = 24;
+  // The sent bar is 20 px high, and each bar nested in it 2 px less at top and bottom.
+  const nested = 20;
+  const goal = 8;
   const { context, width } = prepareCanvas(canvas, legend + row * rows.length + 4);
-  const names = ["Sent", "Delivered", "Opened", "Clicked", "Goal reached"];
+
   let x = 0;
-  names.forEach((name, index) => {
+  STEP_MEASURES.forEach((measure, index) => {
     context.fillStyle = COLORS.steps[index];
     context.fillRect(x, 6, 12, 12);
     context.fillStyle = COLORS.text;
-    context.fillText(name, x + 16, 12);
-    x += context.measureText(name).width + 34;
+    context.fillText(measure.label, x + 16, 12);
+    x += context.measureText(measure.label).width + 34;
   });
-  const longest = Math.max(1, ...rows.map((r) => r.sent));
+
+  // Goal reached counts every pass through the step, sent or not, so it can exceed sent.
+  const longest = Math.max(1, ...rows.map((r) => Math.max(r.sent, r.goalReached)));
   const room = Math.max(width - labelWidth - 60, 40);
+  const length = (value) => Math.round((room * value) / longest);
+  const goalLevel = STEP_MEASURES.length - 1;
   rows.forEach((step, index) => {
-    const middle = legend + index * row + row / 2;
+    const top = legend + index * row + 4;
     context.fillStyle = COLORS.text;
     const variant = step.variant ? ` · ${step.variant}` : "";
-    context.fillText(`v${step.version} · ${step.step}${variant}`, 0, middle);
-    const values = [step.sent, step.delivered, step.opened, step.clicked, step.goalReached];
-    values.forEach((value, level) => {
+    context.fillText(`v${step.version} · ${step.step}${variant}`, 0, top + (nested + 2 + goal) / 2);
+
+    STEP_MEASURES.slice(0, goalLevel).forEach((measure, level) => {
       const inset = level * 2;
       context.fillStyle = COLORS.steps[level];
-      context.fillRect(labelWidth, Math.round(middle - 10 + inset), Math.round((room * value) / longest), 20 - 2 * inset);
+      context.fillRect(labelWidth, top + inset, length(step[measure.field]), nested - 2 * inset);
     });
+    // Goal reached goes 2 px under the sent bar, so it covers none of the others.
+    const goalTop = top + nested + 2;
+    context.fillStyle = COLORS.steps[goalLevel];
+    context.fillRect(labelWidth, goalTop, length(step.goalReached), goal);
+
     context.fillStyle = COLORS.text;
-    context.fillText(String(step.sent), labelWidth + Math.round((room * step.sent) / longest) + 6, middle);
+    context.fillText(String(step.sent), labelWidth + length(step.sent) + 6, top + nested / 2);
+    context.fillText(String(step.goalReached), labelWidth + length(step.goalReached) + 6, goalTop + goal / 2 + 1);
   });
   canvas.dataset.drawn = "true";
 }
@@ -258,12 +282,12 @@ function stepsTable(rows) {
   for (const step of rows) {
     const tr = document.createElement("tr");
     const cells = [
-      step.version, `${step.stepNumber}. ${step.step}`, step.variant || "", step.channel || "",
-      step.enrolled, step.sent, step.delivered, step.opened, step.clicked, step.replied,
-      step.goalReached, step.unsubscribed, step.bounced,
-      percent(step.openRate), percent(step.clickRate),
+      `v${step.version} · ${step.stepNumber}. ${step.step}`, step.variant || "", step.channel || "",
+      step.enrolled, step.sent, step.delivered,
+      step.opened, percent(step.openRate), step.clicked, percent(step.clickRate),
+      step.replied, step.goalReached, step.unsubscribed, step.bounced,
     ];
-    cells.forEach((cell, index) => tr.append(el("td", cell, index >= 4 ? "number" : undefined)));
+    cells.forEach((cell, index) => tr.append(el("td", cell, index >= 3 ? "number" : undefined)));
     body.append(tr);
   }
 }
@@ -420,7 +444,11 @@ function renderEnrollment(enrollment) {
   card.append(el("h3", `${enrollment.campaignName} · version ${enrollment.version} · ${enrollment.status}${enrollment.paused ? " (paused)" : ""}`));
   const parts = [];
   if (enrollment.currentStep) parts.push(`at step ${enrollment.currentStep}`);
-  if (enrollment.nextStep) parts.push(`next: ${enrollment.nextStep}${enrollment.nextStepDueAt ? ` at ${formatTime(enrollment.nextStepDueAt)}` : ""}`);
+  // nextStep is the step that acts at nextStepDueAt: the current step itself
+  // while it waits (a delay, quiet hours), else the step after it.
+  const due = enrollment.nextStepDueAt ? ` until ${formatTime(enrollment.nextStepDueAt)}` : "";
+  if (enrollment.nextStep && enrollment.nextStep === enrollment.currentStep) parts.push(`waiting${due}`);
+  else if (enrollment.nextStep) parts.push(`next: ${enrollment.nextStep}${enrollment.nextStepDueAt ? ` at ${formatTime(enrollment.nextStepDueAt)}` : ""}`);
   if (enrollment.waitingReason) parts.push(enrollment.waitingReason);
   if (enrollment.goal) parts.push(`goal reached: ${enrollment.goal}`);
   if (parts.length) card.append(el("p", parts.join(" · "), "meta"));
