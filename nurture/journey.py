@@ -118,13 +118,15 @@ def recommend(
     upcoming = [e for e in enrollments if e.status == "active" and e.next_step_due_at]
     if upcoming:
         first = min(upcoming, key=lambda e: e.next_step_due_at or now)
-        return NextAction(
-            action="wait_for_campaign",
-            reason=(
-                f"{first.campaign_name} continues with step {first.next_step} at "
-                f"{first.next_step_due_at:%Y-%m-%d %H:%M} UTC"
-            ),
-        )
+        at = f"{first.next_step_due_at:%Y-%m-%d %H:%M} UTC"
+        if first.next_step == first.current_step:
+            # The current step is waiting (a delay, quiet hours) until then.
+            detail = f" ({first.waiting_reason})" if first.waiting_reason else ""
+            reason = f"{first.campaign_name} continues at {at}{detail}"
+        else:
+            step = first.next_step
+            reason = f"{first.campaign_name} continues with step {step} at {at}"
+        return NextAction(action="wait_for_campaign", reason=reason)
     live = [e for e in enrollments if e.status == "active"]
     if live:
         waiting = live[0].waiting_reason or "in progress"

@@ -1002,6 +1002,17 @@ def test_wait_names_due_step() -> None:
     )
 
 
+def test_wait_at_current_step_names_reason() -> None:
+    at_hold = {"current_step": "hold", "next_step": "hold"}
+    waiting = _enrollment().model_copy(
+        update={**at_hold, "waiting_reason": "wait 7 days"}
+    )
+
+    assert _recommend(enrollments=[waiting]).reason == (
+        "SME Onboarding Sequence continues at 2025-01-02 09:30 UTC (wait 7 days)"
+    )
+
+
 # --- API error paths -----------------------------------------------------------
 
 

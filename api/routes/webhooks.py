@@ -183,7 +183,7 @@ async def _signal_all(
     """Signal the workflows of stored events, several leads at once.
 
     A batch of hundreds of events would take a round trip to Temporal per
-    event one after another, past the time SendGrid waits for an answer.
+    event one after another, past the time SendGrid waits for a response.
     """
     by_lead: dict[str, list[StoredEvent]] = {}
     for event in events:
