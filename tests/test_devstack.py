@@ -1,0 +1,58 @@
+"""make run's launcher: stopping a dev server that an earlier run left behind."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from nurture.devstack import stop_leftover_temporal
+
+SLEEPER = "import time; time.sleep(60)"
+
+
+def sleeper(*args: str) -> subprocess.Popen[bytes]:
+    """Start a process with these arguments, once it shows them in /proc."""
+    process = subprocess.Popen([sys.executable, "-c", SLEEPER, *args])
+    cmdline = Path(f"/proc/{process.pid}/cmdline")
+    deadline = time.monotonic() + 5
+    while args[-1].encode() not in cmdline.read_bytes().split(b"\0"):
+        assert time.monotonic() < deadline, "the process never showed its arguments"
+        time.sleep(0.01)
+    return process
+
+
+def test_leftover_dev_server_is_stopped(tmp_path: Path) -> None:
+    db_file = tmp_path / "temporal.db"
+    pid_file = tmp_path / "temporal.pid"
+    leftover = sleeper("--db-filename", str(db_file))
+    pid_file.write_text(str(leftover.pid))
+
+    stopped = stop_leftover_temporal(pid_file, db_file)
+
+    assert stopped == leftover.pid
+    assert leftover.wait(5) != 0
+    assert not pid_file.exists()
+
+
+def test_other_process_with_that_pid_is_left(tmp_path: Path) -> None:
+    pid_file = tmp_path / "temporal.pid"
+    other = sleeper("--db-filename", str(tmp_path / "elsewhere.db"))
+    pid_file.write_text(str(other.pid))
+    try:
+        stopped = stop_leftover_temporal(pid_file, tmp_path / "temporal.db")
+
+        assert stopped is None
+        assert other.poll() is None
+        assert not pid_file.exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_missing_or_garbled_pid_file_is_ignored(tmp_path: Path) -> None:
+    pid_file = tmp_path / "temporal.pid"
+    db_file = tmp_path / "temporal.db"
+
+    assert stop_leftover_temporal(pid_file, db_file) is None
+    pid_file.write_text("not a pid")
+    assert stop_leftover_temporal(pid_file, db_file) is None
