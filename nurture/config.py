@@ -319,6 +319,15 @@ class Settings(BaseSettings):
             "address, comma-separated, or * for any (uvicorn's setting)."
         ),
     )
+    webhook_signal_concurrency: int = Field(
+        8,
+        ge=1,
+        le=100,
+        description=(
+            "Leads whose workflows one webhook batch signals at once; each "
+            "lead's events still go one after another."
+        ),
+    )
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Largest request body of most routes."
     )

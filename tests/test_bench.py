@@ -135,6 +135,18 @@ def test_webhook_latency_times_each_open(tmp_path: Path) -> None:
     assert figures["baseline"]["median_ms"] > 0
 
 
+def test_webhook_batch_times_both_sides(tmp_path: Path) -> None:
+    figures, output = run_bench(
+        "webhook_batch", "--events", "4", "--rounds", "1", tmp_path=tmp_path
+    )
+
+    assert figures["events"] == 4
+    assert len(figures["baseline_seconds"]) == 1
+    assert len(figures["product_seconds"]) == 1
+    assert figures["ratio"] > 0
+    assert "WEBHOOK_SIGNAL_CONCURRENCY=1" in output
+
+
 def test_api_latency_covers_each_route(tmp_path: Path) -> None:
     figures, _output = run_bench(
         "api_latency",

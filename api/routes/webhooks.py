@@ -138,11 +138,6 @@ def _store_all(engine: sa.Engine, events: list[dict[str, Any]]) -> list[StoredEv
         return [store_sendgrid_event(session, event) for event in events]
 
 
-# Leads whose workflows a webhook batch signals at once. Each lead's events
-# go in order, one after another.
-SIGNAL_CONCURRENCY = 8
-
-
 async def _signal_event(
     temporal: TemporalGateway,
     settings: Settings,
@@ -180,7 +175,7 @@ async def _signal_all(
     engine: sa.Engine,
     events: list[StoredEvent],
 ) -> None:
-    """Signal the workflows of stored events, several leads at once.
+    """Signal the workflows of stored events, WEBHOOK_SIGNAL_CONCURRENCY leads at once.
 
     A batch of hundreds of events would take a round trip to Temporal per
     event one after another, past the time SendGrid waits for a response.
@@ -189,7 +184,7 @@ async def _signal_all(
     for event in events:
         key = event.lead_id or event.enrollment_workflow_id or ""
         by_lead.setdefault(key, []).append(event)
-    slots = asyncio.Semaphore(SIGNAL_CONCURRENCY)
+    slots = asyncio.Semaphore(settings.webhook_signal_concurrency)
 
     async def signal_lead_events(lead_events: list[StoredEvent]) -> None:
         async with slots:
