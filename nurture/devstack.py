@@ -123,8 +123,8 @@ def port_in_use(address: str) -> bool:
 
 
 TEMPORAL_DB = DATA_DIR / "temporal.db"
-# The dev server runs in a session of its own, so it outlives a launcher that
-# was killed (SIGKILL, a closed terminal); its pid lets the next run stop it.
+# The dev server runs in a session of its own and outlives a killed launcher
+# (SIGKILL, a closed terminal). Its pid lets the next run stop it.
 TEMPORAL_PID_FILE = DATA_DIR / "temporal.pid"
 
 

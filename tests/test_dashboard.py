@@ -926,6 +926,7 @@ async def test_browser_lead_page_shows_journey(
         reasons = await page.locator("#reasons li").all_text_contents()
         enrollment = await page.locator("#journey .enrollment h3").text_content()
         meta = await page.locator("#journey .enrollment .meta").text_content()
+        score_meta = await page.locator("#score-meta").text_content()
         steps = await page.locator("#journey .timeline li").all_text_contents()
         action = await page.locator("#next-action").get_attribute("data-action")
         message_rows = await page.locator("#messages tbody tr").count()
@@ -945,6 +946,8 @@ async def test_browser_lead_page_shows_journey(
     assert meta is not None
     assert meta.startswith("at step hold · waiting until "), meta
     assert "next: hold" not in meta
+    assert score_meta is not None
+    assert score_meta.startswith("Scored 20"), score_meta
     assert action == journey["nextAction"]["action"]
     assert message_rows == 1
     assert page_errors == []

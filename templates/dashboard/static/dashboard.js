@@ -432,10 +432,13 @@ function renderLead(lead) {
   document.getElementById("lead-meta").textContent =
     `${company}${contact.email || contact.phone || ""} · ${lead.stage} · ${lead.status}${source}`;
   document.getElementById("score").textContent = lead.score;
+  const meta = [];
+  // Reasons such as "last activity 5 minutes ago" count from the scoring time.
+  if (lead.scoredAt) meta.push(`Scored ${formatTime(lead.scoredAt)}; the ages below count from then.`);
   if (lead.conversionProbability !== null && lead.conversionProbability !== undefined) {
-    document.getElementById("score-meta").textContent =
-      `Model: ${percent(lead.conversionProbability)} chance to convert.`;
+    meta.push(`Model: ${percent(lead.conversionProbability)} chance to convert.`);
   }
+  document.getElementById("score-meta").textContent = meta.join(" ");
   renderReasons(lead.scoreReasons || []);
 }
 
