@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+from sqlalchemy import make_url
 
 from api.routes.codec import UI_CODEC_PATH
 from nurture.codec import generate_key_entry
@@ -265,16 +266,18 @@ def banner(settings: Settings, key: str, campaign: str, own_temporal: bool) -> s
         if own_temporal
         else f"the Web UI of the Temporal server at {settings.temporal_address}"
     )
+    database = make_url(settings.database_url).render_as_string(hide_password=True)
     return f"""
 nurture is running.
 
   API docs:         {api}/docs
+  Dashboard:        {api}/dashboard (sign in with the API key below)
   Temporal Web UI:  {temporal_ui}
   API key:          {key}
   Codec endpoint:   {ui_codec_endpoint(settings)}
                     (decodes the encrypted payloads that the Web UI shows)
   Example campaign: {campaign}
-  Database:         {settings.database_url}
+  Database:         {database}
 
 Try it:
   curl -s -X POST {api}/api/v1/leads \\

@@ -5,7 +5,8 @@ import sys
 import time
 from pathlib import Path
 
-from nurture.devstack import stop_leftover_temporal
+from nurture.config import Settings
+from nurture.devstack import banner, stop_leftover_temporal
 
 SLEEPER = "import time; time.sleep(60)"
 
@@ -56,3 +57,16 @@ def test_missing_or_garbled_pid_file_is_ignored(tmp_path: Path) -> None:
     assert stop_leftover_temporal(pid_file, db_file) is None
     pid_file.write_text("not a pid")
     assert stop_leftover_temporal(pid_file, db_file) is None
+
+
+def test_banner_shows_dashboard_hides_password() -> None:
+    settings = Settings(
+        api_key="k" * 32,
+        database_url="postgresql://nurture:s3cret@127.0.0.1:5432/nurture",
+    )
+
+    text = banner(settings, "k" * 32, "welcome", own_temporal=True)
+
+    assert "Dashboard:        http://127.0.0.1:8000/dashboard" in text
+    assert "s3cret" not in text
+    assert "postgresql://nurture:***@127.0.0.1:5432/nurture" in text
