@@ -87,14 +87,25 @@ def recommend(
     engagement: list[EngagementView],
     now: datetime,
     marketing_blocked: str | None = None,
+    outcome: str | None = None,
 ) -> NextAction:
     """Pick the one thing a sales rep should do next with this lead.
 
     `marketing_blocked` is the reason no marketing email or SMS may reach the lead
-    (opted out, suppressed), or is None when one may.
+    (opted out, suppressed), or is None when one may. `outcome` is the lead's
+    latest recorded outcome: a converted or lost lead needs no sales call.
     """
     if status != "active":
         return NextAction(action="do_not_contact", reason=f"lead status is {status}")
+    if outcome == "converted":
+        return NextAction(
+            action="customer", reason="converted: a customer, no longer a lead"
+        )
+    if outcome == "lost":
+        return NextAction(
+            action="lost",
+            reason="recorded as lost; enroll it in a campaign to nurture it again",
+        )
     if stage in ("mql", "sql") or score >= mql_threshold:
         return NextAction(
             action="call",

@@ -975,6 +975,16 @@ def test_recommend_action(overrides: dict[str, Any], action: str) -> None:
     assert _recommend(**overrides).action == action
 
 
+@pytest.mark.parametrize(
+    ("outcome", "action"), [("converted", "customer"), ("lost", "lost")]
+)
+def test_outcome_overrides_hot_score(outcome: str, action: str) -> None:
+    hot = {"score": 95, "stage": "sql", "engagement": [CLICK]}
+
+    assert _recommend(**hot).action == "call"
+    assert _recommend(**hot, outcome=outcome).action == action
+
+
 def test_do_not_contact_reason() -> None:
     assert _recommend(status="closed").reason == "lead status is closed"
 

@@ -229,5 +229,6 @@ async def read_journey(
             engagement=engagement,
             now=utcnow(),
             marketing_blocked=stored.marketing_blocked,
+            outcome=lead.outcome,
         ),
     )

@@ -18,6 +18,8 @@ const ACTIONS = {
   send_personal_email: "Send a personal email",
   enroll_in_campaign: "Enroll in a campaign",
   do_not_contact: "Do not contact",
+  customer: "Customer",
+  lost: "Lost",
 };
 
 class ApiProblem extends Error {
