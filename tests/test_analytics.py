@@ -745,6 +745,9 @@ async def test_marketer_declares_and_withdraws_winner(
     shown = (await get_json(api, "/ab", campaignId="ab-test"))["splits"][0]
     replaced = await api.put(WINNER, json={"variant": "B"})
     withdrawn = await api.delete(WINNER)
+    exported = await api.get(
+        f"{ANALYTICS}/ab", params={"campaignId": "ab-test", "format": "csv"}
+    )
     again = await api.delete(WINNER)
     shown_after = (await get_json(api, "/ab", campaignId="ab-test"))["splits"][0]
     with session_scope(engine) as session:
@@ -769,6 +772,10 @@ async def test_marketer_declares_and_withdraws_winner(
     assert again.status_code == 404
     assert "has no winner in force" in again.json()["message"]
     assert shown_after["decision"]["withdrawnAt"] is not None
+    csv_rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert {row["winner"] for row in csv_rows} == {"B"}
+    assert {row["decidedBy"] for row in csv_rows} == {"api-key"}
+    assert all(row["withdrawnAt"] for row in csv_rows)
     assert pending == []
     assert audit == [
         ("split.winner_declared", {"step": "ab", "winner": "A", "previous": None}),
@@ -1044,6 +1051,27 @@ async def test_spend_replaced_whole_and_audited(
         "currency": empty_after_first["currency"],
         "entries": empty_after_first["entries"],
     }
+
+
+async def test_spend_get_body_puts_back(api: httpx.AsyncClient) -> None:
+    await api.put(f"{ANALYTICS}/spend", json=SPEND)
+    read = await get_json(api, "/spend")
+
+    put_back = await api.put(f"{ANALYTICS}/spend", json=read)
+    nothing = {"currency": None, "entries": []}
+    cleared = await api.put(f"{ANALYTICS}/spend", json=nothing)
+    empty = await get_json(api, "/spend")
+    empty_back = await api.put(f"{ANALYTICS}/spend", json=empty)
+    no_currency = await api.put(
+        f"{ANALYTICS}/spend", json={"currency": None, "entries": SPEND["entries"]}
+    )
+
+    assert put_back.status_code == 200, put_back.text
+    assert put_back.json()["entries"] == read["entries"]
+    assert cleared.status_code == 200, cleared.text
+    assert empty_back.status_code == 200, empty_back.text
+    assert no_currency.status_code == 422
+    assert "currency is null but there are entries" in no_currency.text
 
 
 @pytest.mark.parametrize(

@@ -16,7 +16,13 @@ from typing import Annotated, Any, Literal
 import pycountry
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from api.deps import EngineDep, MarketingDep, ReadLeadsDep
 from api.errors import ApiError, FieldError, error_responses, validation_error
@@ -250,6 +256,9 @@ class ABCsvRow(CamelModel):
     significance: float
     winner: str | None
     decided_at: datetime | None
+    decided_by: str | None
+    # Set when the decision was withdrawn: then no winner is in force.
+    withdrawn_at: datetime | None
 
 
 def _ab_rows(splits: list[SplitResult]) -> list[ABCsvRow]:
@@ -262,6 +271,8 @@ def _ab_rows(splits: list[SplitResult]) -> list[ABCsvRow]:
             significance=split.significance,
             winner=split.decision.winner if split.decision else None,
             decided_at=split.decision.decided_at if split.decision else None,
+            decided_by=split.decision.decided_by if split.decision else None,
+            withdrawn_at=split.decision.withdrawn_at if split.decision else None,
             **variant.model_dump(by_alias=False),
         )
         for split in splits
@@ -394,15 +405,32 @@ class SpendEntry(StrictCamelModel):
 
 
 class SpendTable(StrictCamelModel):
-    """All the channel spend; a PUT replaces it whole."""
+    """All the channel spend; a PUT replaces it whole.
 
-    currency: str = Field(
-        pattern="^[A-Z]{3}$", description="ISO 4217 code of every amount, e.g. EUR."
+    The body of a GET may be put back as it is: its updatedAt and updatedBy
+    are accepted and ignored.
+    """
+
+    currency: str | None = Field(
+        pattern="^[A-Z]{3}$",
+        description="ISO 4217 code of every amount, e.g. EUR; "
+        "may be null only with no entries.",
     )
     entries: list[SpendEntry] = Field(
         max_length=MAX_SPEND_ENTRIES,
         description="Every entry; an empty list deletes all spend.",
     )
+    updated_at: datetime | None = Field(None, description="Ignored.")
+    updated_by: str | None = Field(None, description="Ignored.", max_length=200)
+
+    @model_validator(mode="after")
+    def _currency_of_entries(self) -> "SpendTable":
+        if self.entries and self.currency is None:
+            raise ValueError(
+                "currency is null but there are entries: give the ISO 4217 "
+                "code of their amounts, e.g. EUR"
+            )
+        return self
 
     @field_validator("currency", mode="before")
     @classmethod
