@@ -9,6 +9,7 @@ key generated into .data/ when that is unset. The Web UI shows them decoded
 through the API's codec endpoint.
 """
 
+import ctypes
 import json
 import logging
 import os
@@ -197,14 +198,42 @@ def start_temporal(settings: Settings) -> subprocess.Popen[bytes]:
     for attribute in DEV_SERVER_SEARCH_ATTRIBUTES:
         command += ["--search-attribute", attribute]
     log = open(DATA_DIR / "temporal.log", "ab")  # noqa: SIM115 (lives as long as the server)
-    process = subprocess.Popen(command, stdout=log, stderr=log, start_new_session=True)
+    process = subprocess.Popen(
+        command,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
     TEMPORAL_PID_FILE.write_text(str(process.pid))
     return process
 
 
+# prctl(2) option: the signal a process gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """Ask Linux to send SIGTERM to this child when the launcher dies.
+
+    Runs in the child between fork and exec. The children run in sessions of
+    their own, so a killed launcher (SIGKILL, a closed terminal) would
+    otherwise leave the API, the worker and Temporal running. Elsewhere the
+    call is skipped, and the pid file stops a leftover Temporal at next start.
+    """
+    if sys.platform != "linux":
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
 def start_python(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, *args], cwd=PROJECT_ROOT, env=env, start_new_session=True
+        [sys.executable, *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
     )
 
 
@@ -233,10 +262,11 @@ def load_example_campaign(base_url: str, key: str) -> str:
         f"{base_url}/api/v1/nurturing/campaigns", headers=headers, timeout=10
     )
     existing.raise_for_status()
-    # The list is newest first; the oldest active copy is the one make run made.
+    # The list is newest first; the oldest copy is the one make run made. A
+    # copy a marketer paused, or archived, stays as they left it.
     for campaign in reversed(existing.json()):
-        if campaign["name"] == definition["name"] and campaign["status"] == "active":
-            return f"{campaign['id']} (already loaded)"
+        if campaign["name"] == definition["name"]:
+            return f"{campaign['id']} (already loaded, {campaign['status']})"
     created = httpx.post(
         f"{base_url}/api/v1/nurturing/campaigns",
         json=definition,
@@ -318,6 +348,12 @@ def main() -> None:
             STARTUP_TIMEOUT_SECONDS,
             processes[0] if processes else None,
         )
+        api_address = f"{settings.api_host}:{settings.api_port}"
+        if port_in_use(api_address):
+            raise StartupError(
+                f"{api_address} is already in use, perhaps by the API of an "
+                "earlier run: stop it, or set API_PORT"
+            )
         migrate(settings.database_url)
         processes.append(start_python(["worker.py"], env))
         processes.append(start_python(["-m", "api.app"], env))

@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-from nurture.config import Settings
+from nurture.config import PROJECT_ROOT, Settings
 from nurture.devstack import banner, stop_leftover_temporal
 
 SLEEPER = "import time; time.sleep(60)"
@@ -70,3 +70,36 @@ def test_banner_shows_dashboard_hides_password() -> None:
     assert "Dashboard:        http://127.0.0.1:8000/dashboard" in text
     assert "s3cret" not in text
     assert "postgresql://nurture:***@127.0.0.1:5432/nurture" in text
+
+
+LAUNCHER = """
+import subprocess, sys, time
+from nurture.devstack import die_with_parent
+child = subprocess.Popen(
+    [sys.executable, "-c", "import time; time.sleep(60)"],
+    start_new_session=True,
+    preexec_fn=die_with_parent,
+)
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_children_stop_when_launcher_killed() -> None:
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER], stdout=subprocess.PIPE, cwd=PROJECT_ROOT
+    )
+    assert launcher.stdout is not None
+    child = int(launcher.stdout.readline())
+    assert Path(f"/proc/{child}").exists()
+
+    launcher.kill()
+    launcher.wait(5)
+
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{child}/cmdline").exists():
+        # Reaped by init once it has exited.
+        if not Path(f"/proc/{child}/cmdline").read_bytes():
+            break
+        assert time.monotonic() < deadline, "the child outlived its launcher"
+        time.sleep(0.05)
