@@ -26,8 +26,10 @@ class Settings(BaseSettings):
     """
 
     # Errors leave out the input, so a bad setting never prints a secret.
+    # The .env of the checkout, wherever the process starts: `nurture keys`
+    # run from another directory must find the database the API uses.
     model_config = SettingsConfigDict(
-        env_file=".env",
+        env_file=PROJECT_ROOT / ".env",
         extra="ignore",
         populate_by_name=True,
         hide_input_in_errors=True,

@@ -5,6 +5,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from nurture.config import PROJECT_ROOT, Settings
 from nurture.devstack import banner, stop_leftover_temporal
 
@@ -103,3 +105,17 @@ def test_children_stop_when_launcher_killed() -> None:
             break
         assert time.monotonic() < deadline, "the child outlived its launcher"
         time.sleep(0.05)
+
+
+def test_settings_read_checkout_env_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text("API_PORT=8123\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("API_PORT", raising=False)
+
+    # A .env in the working directory is not the checkout's, so it is ignored.
+    assert Settings().api_port != 8123
+    assert Settings.model_config["env_file"] == PROJECT_ROOT / ".env"
+    assert Settings(_env_file=env_file).api_port == 8123  # type: ignore[call-arg]
