@@ -801,6 +801,8 @@ async def test_browser_campaign_funnel_draws(
         ).all_text_contents()
         decision = await page.locator("#ab-results .decision").text_content()
         method = await page.locator("#ab-method").text_content()
+        by_winner = await page.locator("#ab-results th").last.get_attribute("title")
+        by_winner_note = await page.locator("#ab-results .by-winner").text_content()
         winner = f"/api/v1/nurturing/campaigns/{campaign_id}/splits/ab/winner"
         declared = await stack.api.put(winner, json={"variant": "B"})
         await page.reload()
@@ -811,10 +813,25 @@ async def test_browser_campaign_funnel_draws(
         await page.reload()
         await page.locator("#ab-results .split").wait_for(timeout=10_000)
         withdrawn_text = await page.locator("#ab-results .decision").text_content()
+        # An invalid range: the funnel and step by step sections show the error.
+        errors_before = list(errors)
+        await page.goto(
+            f"{base}/dashboard/campaigns/{campaign_id}?from=2026-02-01&to=2026-01-01"
+        )
+        await page.locator("#funnel-error:visible").wait_for(timeout=10_000)
+        await page.locator("#ab-error:visible").wait_for(timeout=10_000)
+        funnel_error = await page.locator("#funnel-error").text_content()
+        steps_error = await page.locator("#steps-error:visible").all_text_contents()
+        steps_shown = await page.locator("#steps").is_visible()
+        # A campaign no lead enrolled in, on the list for all time.
+        idle_id = await campaign(stack, [{"id": "welcome", **WELCOME}])
         await page.goto(f"{base}/dashboard/campaigns")
         await page.locator(
             f'canvas[data-campaign="{campaign_id}"][data-drawn]'
         ).wait_for(timeout=10_000)
+        idle = page.locator(f'[data-empty-for="{idle_id}"]')
+        await idle.wait_for(timeout=10_000)
+        idle_text = await idle.text_content()
 
     lengths = bar_lengths(png)
     nonzero = [value for value in expected if value]
@@ -835,7 +852,16 @@ async def test_browser_campaign_funnel_draws(
     assert withdrawn_text is not None
     assert withdrawn_text.startswith("Winner B was withdrawn by api-key at ")
     assert method == ab["method"]
-    assert errors == []
+    assert by_winner is not None and "winner decision sent" in by_winner
+    assert by_winner_note == by_winner
+    assert funnel_error is not None and "(HTTP 422)" in funnel_error
+    assert len(steps_error) == 1
+    assert funnel_error.split(": ", 1)[1] in steps_error[0], steps_error
+    assert not steps_shown
+    assert idle_text == "No enrollment yet."
+    assert errors_before == []
+    # After it, the console logs only the invalid range's 422 responses.
+    assert [error for error in errors if "422" not in error] == []
 
 
 async def test_browser_steps_chart_shows_every_measure(
@@ -904,8 +930,11 @@ async def test_browser_lead_page_shows_journey(
         {"id": "welcome", **WELCOME, "next": "hold"},
         {"id": "hold", "type": "wait", "duration": "30 days"},
     ]
-    campaign_id = await campaign(stack, sequence)
+    trigger = {"type": "lead_created", "sources": ["webinar"]}
+    campaign_id = await campaign(stack, sequence, trigger=trigger)
     lead_id = await capture(stack, "journey@company.com", "webinar", "spring")
+    # From another source: the campaign leaves this lead out and sends it nothing.
+    quiet_id = await capture(stack, "quiet@company.com", "referral", "spring")
     await stack.eventually(
         lambda: len(stack.sendgrid.mails()) == 1, message="welcome mail sent"
     )
@@ -930,7 +959,13 @@ async def test_browser_lead_page_shows_journey(
         steps = await page.locator("#journey .timeline li").all_text_contents()
         action = await page.locator("#next-action").get_attribute("data-action")
         message_rows = await page.locator("#messages tbody tr").count()
+        messages_shown = await page.locator("#messages").is_visible()
         page_errors = await page.locator("[role=alert]:visible").all_text_contents()
+        await page.goto(f"{base}/dashboard/leads/{quiet_id}")
+        await page.locator("body[data-loaded]").wait_for(timeout=10_000)
+        quiet_empty = await page.locator("#messages-empty:visible").all_text_contents()
+        quiet_header = await page.locator("#messages thead").is_visible()
+        quiet_errors = await page.locator("[role=alert]:visible").all_text_contents()
         await page.click("#sign-out")
         await page.wait_for_url(f"{base}{SIGN_IN}?notice=signed-out")
         await page.goto(f"{base}/dashboard/leads")
@@ -950,7 +985,12 @@ async def test_browser_lead_page_shows_journey(
     assert score_meta.startswith("Scored 20"), score_meta
     assert action == journey["nextAction"]["action"]
     assert message_rows == 1
+    assert messages_shown
     assert page_errors == []
+    # A lead without messages: the empty-state text, and no table header.
+    assert quiet_empty == ["No message was sent to this lead."]
+    assert not quiet_header
+    assert quiet_errors == []
     assert after == SIGN_IN
     assert errors == []
     assert campaign_id == journey["enrollments"][0]["campaignId"]

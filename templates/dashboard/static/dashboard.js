@@ -301,20 +301,27 @@ async function campaignFunnel(campaignId) {
   try {
     report = await getJson("/api/v1/analytics/funnel", { ...rangeParams(), campaignId });
   } catch (error) {
+    // The step by step section comes from the same report, so it shows the error too.
     chart.hidden = true;
     steps.hidden = true;
     showError(document.getElementById("funnel-error"), "the funnel", error);
+    showError(document.getElementById("steps-error"), "the step by step funnel", error);
     return;
   }
   const total = campaignTotals(report.rows).get(campaignId);
+  const stepRows = report.rows.filter((r) => r.level === "step");
   if (!total) {
     chart.hidden = true;
-    steps.hidden = true;
     document.getElementById("funnel-empty").hidden = false;
+  } else {
+    drawFunnel(chart, funnelStages(total));
+  }
+  // Without step rows, hide the chart's legend and the table header.
+  if (!stepRows.length) {
+    steps.hidden = true;
+    document.getElementById("steps-empty").hidden = false;
     return;
   }
-  drawFunnel(chart, funnelStages(total));
-  const stepRows = report.rows.filter((r) => r.level === "step");
   drawSteps(document.getElementById("steps-chart"), stepRows);
   stepsTable(stepRows);
 }
@@ -342,13 +349,22 @@ function significance(variant) {
   return variant.significant ? "yes" : "no";
 }
 
+// The meaning of the "By winner" column, for its tooltip and the note under the table.
+const BY_WINNER = "By winner: the enrollments that a winner decision sent to this variant, and how many of them " +
+  "converted, as converted / leads. The split did not draw them at random, so the test and the other columns " +
+  "leave them out.";
+
 function variantsTable(split, confidence) {
   const table = document.createElement("table");
   const head = document.createElement("tr");
   const level = `${Math.round(confidence * 100)}% interval`;
-  for (const name of ["Variant", "Leads", "Converted", "Conversion", level, "vs control", "z", "p-value", "Significant", "By winner"]) {
+  for (const name of ["Variant", "Leads", "Converted", "Conversion", level, "vs control", "z", "p-value", "Significant"]) {
     head.append(el("th", name));
   }
+  const byWinner = el("th", "By winner (converted / leads)");
+  byWinner.title = BY_WINNER;
+  head.append(byWinner);
+
   const thead = el("thead");
   thead.append(head);
   table.append(thead);
@@ -385,6 +401,7 @@ function splitResult(split, confidence) {
   if (split.variants.some((variant) => variant.conversionRate !== null)) {
     article.append(intervalPlot(split.variants));
   }
+  article.append(el("p", BY_WINNER, "hint by-winner"));
   return article;
 }
 
@@ -502,6 +519,8 @@ function renderMessages(messages) {
     body.append(tr);
   }
   document.getElementById("messages-empty").hidden = messages.length > 0;
+  // The table, header included, shows only with a row in it.
+  document.getElementById("messages-wrap").hidden = messages.length === 0;
 }
 
 async function leadPage() {
