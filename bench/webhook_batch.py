@@ -23,17 +23,13 @@ import time
 
 from bench.machine import CpuMeter, Report, describe_machine
 from bench.stack import (
-    WELCOME_EMAIL,
     BenchStack,
     SentMail,
     add_common_arguments,
-    capture_leads,
     expect,
     run_benchmark_with_worker,
-    wait_for_mails,
-    wait_for_pollers,
 )
-from bench.webhook_latency import open_event
+from bench.webhook_latency import open_event, welcomed_leads
 
 # The product's default, and what the API did before the setting.
 CONCURRENT = "8"
@@ -61,23 +57,15 @@ async def post_batch(
 async def measure(
     args: argparse.Namespace, stack: BenchStack, worker: subprocess.Popen[bytes]
 ) -> Report:
-    client = await stack.client()
-    await wait_for_pollers(client, stack.task_queue, worker)
-    with stack.api() as api:
-        definition = {
-            "name": "Bench webhook batch",
-            "trigger": {"type": "lead_created"},
-            "sequence": [WELCOME_EMAIL, {"type": "wait", "duration": "30 days"}],
-        }
-        response = api.post("/api/v1/nurturing/campaigns", json=definition)
-        campaign_id = expect(response, 201)["id"]
-    await capture_leads(stack, args.events, concurrency=8, prefix="batch")
-    mails = await wait_for_mails(stack, args.events, timeout=max(120, args.events))
+    campaign_id, mails = await welcomed_leads(
+        stack, worker, args.events, "Bench webhook batch"
+    )
 
     times: dict[str, list[float]] = {SEQUENTIAL: [], CONCURRENT: []}
     meter = CpuMeter().start()
     for _round in range(args.rounds):
         for concurrency in (SEQUENTIAL, CONCURRENT):
+            assert stack.api_process is not None
             stack.stop(stack.api_process)
             stack.start_api(WEBHOOK_SIGNAL_CONCURRENCY=concurrency)
             times[concurrency].append(await post_batch(stack, mails, campaign_id))

@@ -123,22 +123,35 @@ async def baseline_samples(stack: BenchStack, count: int) -> list[float]:
     return samples
 
 
-async def measure(
-    args: argparse.Namespace, stack: BenchStack, worker: subprocess.Popen[bytes]
-) -> Report:
+async def welcomed_leads(
+    stack: BenchStack, worker: subprocess.Popen[bytes], count: int, name: str
+) -> tuple[str, list[SentMail]]:
+    """Capture `count` leads that a campaign welcomes and then keeps waiting.
+
+    Returns the campaign's id and the welcome mails the fake SendGrid took.
+    """
     client = await stack.client()
     await wait_for_pollers(client, stack.task_queue, worker)
     with stack.api() as api:
         definition = {
-            "name": "Bench webhook latency",
+            "name": name,
             "trigger": {"type": "lead_created"},
             "sequence": [WELCOME_EMAIL, {"type": "wait", "duration": "30 days"}],
         }
         response = api.post("/api/v1/nurturing/campaigns", json=definition)
-        campaign_id = expect(response, 201)["id"]
+        campaign_id: str = expect(response, 201)["id"]
+    await capture_leads(stack, count, concurrency=8, prefix=name.split()[-1])
+    mails = await wait_for_mails(stack, count, timeout=max(120, count))
+    return campaign_id, mails
+
+
+async def measure(
+    args: argparse.Namespace, stack: BenchStack, worker: subprocess.Popen[bytes]
+) -> Report:
     total = args.samples + args.warmup
-    await capture_leads(stack, total, concurrency=8, prefix="webhook")
-    mails = await wait_for_mails(stack, total, timeout=max(120, total))
+    campaign_id, mails = await welcomed_leads(
+        stack, worker, total, "Bench webhook latency"
+    )
 
     # Warm-up samples of both sides are left out.
     await product_samples(stack, mails[: args.warmup], campaign_id)
