@@ -636,7 +636,7 @@ def expect(response: httpx.Response, status: int) -> Any:
     return response.json()
 
 
-# The most lead ids the enrollment route takes in one request.
+# The maximum number of lead ids the enrollment route takes in one request.
 MAX_BATCH = 1000
 
 

@@ -1,4 +1,4 @@
-"""Webhook batches: time to answer one SendGrid Event Webhook batch of opens,
+"""Webhook batches: time to respond to one SendGrid Event Webhook batch of opens,
 with the signals sent several leads at once against one after another.
 
     python -m bench.webhook_batch [--events 500] [--rounds 2]
@@ -7,9 +7,9 @@ The script captures `--events` leads through the API; a campaign with a
 `lead_created` trigger sends each the welcome email to the fake SendGrid,
 then waits 30 days. Each batch holds one new open event per lead, in the
 Event Webhook's format with the custom args the mail carried, and the
-script times `POST /api/v1/webhooks/sendgrid` until it answers. The API
+script times `POST /api/v1/webhooks/sendgrid` until it responds. The API
 stores every event, then signals each lead's nurture and lead workflows
-before it answers.
+before it responds.
 
 The baseline is the same batch with `WEBHOOK_SIGNAL_CONCURRENCY=1`: one
 signal after another, as the API sent them before the setting existed.
@@ -40,7 +40,7 @@ TIMEOUT = 600.0
 async def post_batch(
     stack: BenchStack, mails: list[SentMail], campaign_id: str
 ) -> float:
-    """Post one open per mail in one batch; return the seconds until the answer."""
+    """Post one open per mail in one batch; return the seconds until the response."""
     batch = [open_event(mail, campaign_id) for mail in mails]
     async with stack.async_api(1, timeout=TIMEOUT) as api:
         began = time.perf_counter()
@@ -73,7 +73,7 @@ async def measure(
 
     baseline = sum(times[SEQUENTIAL]) / len(times[SEQUENTIAL])
     ours = sum(times[CONCURRENT]) / len(times[CONCURRENT])
-    report = Report("webhook batch: one SendGrid batch of opens until the answer")
+    report = Report("webhook batch: one SendGrid batch of opens until the response")
     report.line(f"machine:  {describe_machine(stack.database.describe())}")
     report.line(f"settings: {stack.describe_settings()}")
     report.line(f"load:     {cpu.describe()}")

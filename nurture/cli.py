@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.expires_in_days < 1:
             parser.error("--expires-in-days must be 1 or more")
     database_url = get_settings().database_url
-    # Keys live in one database; say which, so a key made against the wrong
+    # Keys live in one database. Print which, so a key made against the wrong
     # one (a DATABASE_URL missing from this shell) is noticed at once.
     shown = sa.make_url(database_url).render_as_string(hide_password=True)
     print(f"database: {shown}", file=sys.stderr)  # noqa: T201

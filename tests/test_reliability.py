@@ -294,7 +294,7 @@ async def test_postgres_outage_503_then_resumes(
             assert "exception" not in logged[0]
             assert "POST /api/v1/leads" in logged[0]["message"]
             # A key made with `nurture keys create` is looked up in the database
-            # before the route runs; that lookup answers 503 too.
+            # before the route runs; that lookup returns 503 too.
             by_key = await stack.api.get(
                 "/api/v1/leads", headers={"Authorization": f"Bearer {marketer_key}"}
             )

@@ -49,12 +49,12 @@ def _split_step(session: Session, campaign: Campaign, step_id: str) -> SplitStep
         return step
     splits = [name for name, each in steps.items() if isinstance(each, SplitStep)]
     listed = ", ".join(splits) if splits else "none"
-    what = "is not a split step" if step is not None else "does not exist"
+    problem = "is not a split step" if step is not None else "does not exist"
     raise ApiError(
         404,
         "not_found",
         f"step {step_id!r} of campaign {campaign.id} (version {version.version}) "
-        f"{what}; its split steps: {listed}",
+        f"{problem}; its split steps: {listed}",
     )
 
 
