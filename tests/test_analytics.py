@@ -1500,6 +1500,15 @@ def provider_event(stack: Stack, kind: str, index: int) -> dict[str, Any]:
     return event
 
 
+def mail_indexes(stack: Stack, lead_ids: list[str]) -> list[int]:
+    """Return the position, among the fake's mails, of each lead's mail."""
+    mail_of = {
+        mail["custom_args"]["lead_id"]: index
+        for index, mail in enumerate(stack.sendgrid.mails())
+    }
+    return [mail_of[lead_id] for lead_id in lead_ids]
+
+
 async def split_variants(
     stack: Stack, campaign_id: str, lead_ids: list[str]
 ) -> dict[str, str]:
@@ -1533,11 +1542,7 @@ async def test_split_campaign_numbers_on_real_stack(stack: Stack) -> None:
     await stack.eventually(
         lambda: len(stack.sendgrid.mails()) == 6, message="six mails sent"
     )
-    mail_of = {
-        mail["custom_args"]["lead_id"]: index
-        for index, mail in enumerate(stack.sendgrid.mails())
-    }
-    index = [mail_of[lead_id] for lead_id in lead_ids]
+    index = mail_indexes(stack, lead_ids)
     events = [provider_event(stack, "delivered", index[i]) for i in range(5)]
     events += [provider_event(stack, "open", index[i]) for i in range(4)]
     events += [provider_event(stack, "click", index[i]) for i in range(2)]

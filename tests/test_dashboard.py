@@ -49,6 +49,7 @@ from tests.test_analytics import (
     SPLIT_SEQUENCE,
     capture,
     enrollment_status,
+    mail_indexes,
     provider_event,
     split_variants,
 )
@@ -524,11 +525,7 @@ async def run_split_campaign(stack: Stack) -> tuple[str, list[str]]:
     await stack.eventually(
         lambda: len(stack.sendgrid.mails()) == 6, message="six mails sent"
     )
-    mail_of = {
-        mail["custom_args"]["lead_id"]: index
-        for index, mail in enumerate(stack.sendgrid.mails())
-    }
-    index = [mail_of[lead_id] for lead_id in lead_ids]
+    index = mail_indexes(stack, lead_ids)
 
     events = [provider_event(stack, "delivered", index[i]) for i in range(5)]
     events += [provider_event(stack, "open", index[i]) for i in range(3)]

@@ -151,15 +151,18 @@ def _record_use(engine: sa.Engine, row: ApiKey) -> None:
             session.commit()
 
 
-def _stored_session(engine: sa.Engine, token: str) -> DashboardSession | None:
+def _session_row(session: Session, token: str) -> DashboardSession | None:
+    """Find the stored session of a cookie token, by the token's hash."""
     if not token or len(token) > 200:
         return None
+    return session.exec(
+        select(DashboardSession).where(DashboardSession.token_hash == hash_key(token))
+    ).first()
+
+
+def _stored_session(engine: sa.Engine, token: str) -> DashboardSession | None:
     with Session(engine, expire_on_commit=False) as session:
-        return session.exec(
-            select(DashboardSession).where(
-                DashboardSession.token_hash == hash_key(token)
-            )
-        ).first()
+        return _session_row(session, token)
 
 
 def session_principal(token: str, settings: Settings, engine: sa.Engine) -> Principal:
@@ -509,11 +512,7 @@ def _start_session(
 def _end_session(engine: sa.Engine, settings: Settings, token: str) -> None:
     """Mark the session signed out, and audit it, unless it already ended."""
     with Session(engine) as session:
-        stored = session.exec(
-            select(DashboardSession).where(
-                DashboardSession.token_hash == hash_key(token)
-            )
-        ).first()
+        stored = _session_row(session, token)
         if stored is None or stored.ended_at is not None:
             return
         stored.ended_at = utcnow()
