@@ -43,7 +43,7 @@ def load_lead(session: Session, lead_id: str) -> Lead:
 
 
 def _present(lead: Lead | None, lead_id: str) -> Lead:
-    """The lead, or a non-retryable error when it is gone or was erased."""
+    """Return the lead, or raise a non-retryable error when it is gone or erased."""
     if lead is None:
         raise ApplicationError(
             f"lead {lead_id} not found", type="LeadNotFound", non_retryable=True

@@ -109,7 +109,7 @@ class BodySizeLimit:
     """Reject with 413 a request whose body is larger than its route allows.
 
     The declared Content-Length is checked first. A body sent without one
-    (chunked) is read into memory up to the limit before the route sees it,
+    (chunked) is read into memory up to the limit before the route receives it,
     so the route never gets a cut body; a CSV import is counted as it
     streams instead, since its limit is large.
     """

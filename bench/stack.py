@@ -6,7 +6,7 @@
   in a temporary directory, free ports, our search attributes);
 - fake SendGrid and Twilio servers from tests/fakes.py, the ones the tests
   use, in a child process, so their threads do not share this process's GIL;
-- the API under uvicorn, and `worker.py` processes, when a benchmark asks.
+- the API under uvicorn, and `worker.py` processes, when a benchmark needs them.
 
 The database is a fresh PostgreSQL database made on the server the benchmark
 names, dropped at the end, or a SQLite file in the temporary directory.
@@ -431,8 +431,8 @@ class BenchStack:
         for name, process in workers.items():
             groups[name] = [process.pid]
         if not self.database.sqlite:
-            # Other databases on the server count too: a backend cannot be
-            # told apart once it has exited.
+            # Other databases on the server count too, because a backend cannot
+            # be attributed to a database once it has exited.
             groups["PostgreSQL (all databases)"] = pids_named("postgres")
         return groups
 

@@ -5,7 +5,7 @@ with the signals sent several leads at once against one after another.
 
 The script captures `--events` leads through the API; a campaign with a
 `lead_created` trigger sends each the welcome email to the fake SendGrid,
-then waits 30 days. Each batch holds one new open event per lead, in the
+then waits 30 days. Each batch contains one new open event per lead, in the
 Event Webhook's format with the custom args the mail carried, and the
 script times `POST /api/v1/webhooks/sendgrid` until it responds. The API
 stores every event, then signals each lead's nurture and lead workflows

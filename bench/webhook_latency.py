@@ -12,10 +12,10 @@ to back until the journey's stage has left `new`. The stage comes from a
 query of the live lead workflow, so the time covers storing the event, the
 signal to the lead workflow, the workflow's rescoring activity, and the query.
 
-The baseline is the floor of that path in Temporal itself: a signal to a
-trivial workflow (bench.baseline's CounterWorkflow, run by a worker process
-of its own), then its query read back to back until it shows the signal,
-from this process. Both sides poll the same way, one sample at a time, so
+The baseline is the floor of that path in Temporal itself. This process
+signals a trivial workflow (bench.baseline's CounterWorkflow, run by a
+worker process of its own), then reads its query back to back until it
+shows the signal. Both sides poll the same way, one sample at a time, so
 the difference is what the product adds: HTTP, the database, and the
 activity round trip of the rescoring.
 """

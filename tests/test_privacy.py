@@ -2,7 +2,7 @@
 
 The erasure test scans every table of the database for the person's address,
 number, name and form fields afterwards, and queries Temporal for each of the
-lead's workflows, so nothing the erasure forgets can pass.
+lead's workflows, so any data the erasure misses fails the test.
 """
 
 import json
